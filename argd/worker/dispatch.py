@@ -1,0 +1,41 @@
+"""Sending work to the workers: the producer side, light enough for the API to import (no torch).
+
+Enqueue only after the job row is committed: the worker reads everything from the database, and a message for
+a row it cannot see yet would be dropped as "missing".
+"""
+
+from __future__ import annotations
+
+import logging
+
+from argd.persistence.settings import Settings, get_settings
+from argd.worker.celery_app import DELIVER_WEBHOOK, RUN_JOB, get_celery
+
+log = logging.getLogger(__name__)
+
+
+def enqueue_job(job_id: str, settings: Settings | None = None) -> None:
+    """Queue a committed job for the workers."""
+    settings = settings or get_settings()
+    get_celery(settings).send_task(RUN_JOB, args=[job_id], queue=settings.queue)
+
+
+def notify_finished(job_id: str, settings: Settings | None = None) -> None:
+    """Queue the webhook of a job that has just finished (a no-op for jobs without a webhook URL).
+
+    The worker calls it for jobs it ends; the API calls it after committing the cancellation of a queued job.
+    Calling it twice sends one webhook: the delivery task claims the event first.
+    """
+    settings = settings or get_settings()
+    get_celery(settings).send_task(DELIVER_WEBHOOK, args=[job_id], queue=settings.queue)
+
+
+def broker_reachable(settings: Settings | None = None, timeout_s: float = 3.0) -> bool:
+    """Whether the broker answers (readiness checks); never raises."""
+    try:
+        with get_celery(settings).connection_for_write() as connection:
+            connection.ensure_connection(max_retries=1, timeout=timeout_s)
+        return True
+    except Exception as exc:
+        log.warning("broker not reachable: %s", exc)
+        return False

@@ -1,0 +1,61 @@
+"""The migrations build exactly the schema the models describe, and can be undone and redone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import inspect
+
+from argd.persistence.db import make_engine
+from argd.persistence.migrate import current_revision, downgrade, head_revision, upgrade
+from argd.persistence.models import Base
+from argd.persistence.settings import Settings
+from tests.fixtures.database import make_postgres_database
+
+
+def _diff(url: str) -> list[object]:
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            context = MigrationContext.configure(conn, opts={"compare_type": True})
+            return list(compare_metadata(context, Base.metadata))
+    finally:
+        engine.dispose()
+
+
+def _tables(url: str) -> set[str]:
+    engine = make_engine(url)
+    try:
+        return set(inspect(engine).get_table_names())
+    finally:
+        engine.dispose()
+
+
+def _up_down_up(settings: Settings) -> None:
+    url = settings.database_url
+    assert current_revision(settings) is None
+    upgrade(settings)
+    assert current_revision(settings) == head_revision()
+    assert set(Base.metadata.tables) <= _tables(url)
+    downgrade(settings, "base")
+    assert current_revision(settings) is None
+    assert _tables(url) <= {"alembic_version"}
+    upgrade(settings)
+    assert current_revision(settings) == head_revision()
+    assert _diff(url) == [], "the models and the migrated schema differ; write a migration"
+
+
+@pytest.mark.service
+def test_postgres_upgrade_downgrade_upgrade_matches_models(tmp_path: Path) -> None:
+    url, drop = make_postgres_database("argd_migration_test")
+    try:
+        _up_down_up(Settings(database_url=url, data_dir=tmp_path))
+    finally:
+        drop()
+
+
+def test_sqlite_upgrade_downgrade_upgrade_matches_models(tmp_path: Path) -> None:
+    _up_down_up(Settings(data_dir=tmp_path))

@@ -1,0 +1,2 @@
+from tests.fixtures.database import *  # noqa: F403
+from tests.fixtures.worker import *  # noqa: F403

@@ -1,0 +1,199 @@
+"""Webhooks: URL policy, Standard Webhooks signatures, and real deliveries with retries and records."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from argd.persistence import jobs
+from argd.persistence.db import session_scope
+from argd.persistence.settings import Settings
+from argd.worker.dispatch import enqueue_job, notify_finished
+from argd.worker.webhooks import (
+    WebhookUrlError,
+    post_signed,
+    sign,
+    tenant_webhook_secret,
+    validate_webhook_url,
+    verify,
+)
+from tests.fixtures.worker import WorkerProcess
+from tests.worker.helpers import finished, submit, upload_inputs, wait_for
+
+STRICT = Settings(webhook_secret="whsec_" + "c2VjcmV0LXNlY3JldC1zZWNyZXQ=")
+LOOPBACK_OK = Settings(webhook_allow_http_loopback=True)
+
+
+def test_signature_matches_the_standard_webhooks_test_vector() -> None:
+    secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+    body = b'{"test": 2432232314}'
+    assert sign(secret, "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, body) == (
+        "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
+    )
+
+
+def test_verify_accepts_the_signed_body_only() -> None:
+    import time
+
+    secret = tenant_webhook_secret(STRICT, "tenant-a")
+    now = int(time.time())
+    headers = {
+        "webhook-id": "msg_1",
+        "webhook-timestamp": str(now),
+        "webhook-signature": sign(secret, "msg_1", now, b"{}"),
+    }
+    assert verify(secret, headers, b"{}")
+    assert not verify(secret, headers, b'{"x":1}')
+    assert not verify(tenant_webhook_secret(STRICT, "tenant-b"), headers, b"{}")  # tenants cannot forge
+    old = {**headers, "webhook-timestamp": str(now - 3600)}
+    old["webhook-signature"] = sign(secret, "msg_1", now - 3600, b"{}")
+    assert not verify(secret, old, b"{}")  # replayed long after
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("http://example.com/hook", "must use https"),
+        ("ftp://example.com/hook", "must use https"),
+        ("https://10.0.0.5/hook", "private or reserved"),
+        ("https://192.168.1.1/hook", "private or reserved"),
+        ("https://169.254.169.254/latest/meta-data", "private or reserved"),
+        ("https://[::1]/hook", "loopback"),
+        ("https://[::ffff:10.0.0.1]/hook", "private or reserved"),
+        ("https://127.0.0.1/hook", "loopback"),
+        ("https://localhost/hook", "loopback name"),
+        ("https://db.internal/hook", "local-network name"),
+        ("https://user:pw@example.com/hook", "credentials"),
+        ("https:///hook", "no host"),
+    ],
+)
+def test_private_and_plain_http_targets_are_refused(url: str, reason: str) -> None:
+    with pytest.raises(WebhookUrlError, match=reason):
+        validate_webhook_url(url, STRICT)
+
+
+def test_settings_relax_the_policy_for_tests_and_private_deployments() -> None:
+    assert validate_webhook_url("https://example.com/hook?x=1", STRICT) == "https://example.com/hook?x=1"
+    assert validate_webhook_url("http://127.0.0.1:8080/hook", LOOPBACK_OK)
+    assert validate_webhook_url("http://localhost:8080/hook", LOOPBACK_OK)
+    with pytest.raises(WebhookUrlError, match="private or reserved"):
+        validate_webhook_url("https://10.0.0.5/hook", LOOPBACK_OK)  # loopback only, not the private ranges
+    with pytest.raises(WebhookUrlError, match="must use https"):
+        validate_webhook_url("http://10.0.0.5/hook", Settings(webhook_allow_private=True))
+    assert validate_webhook_url("https://10.0.0.5/hook", Settings(webhook_allow_private=True))
+
+
+def test_delivery_rechecks_the_target_and_sends_nothing_to_a_forbidden_one() -> None:
+    result = post_signed(
+        "https://127.0.0.1:9/hook",
+        b"{}",
+        message_id="msg_x",
+        secret=tenant_webhook_secret(STRICT, "t"),
+        settings=STRICT,
+    )
+    assert not result.ok and not result.retryable and result.status_code is None
+    assert result.error is not None and "loopback" in result.error
+
+
+class _Receiver:
+    """A local HTTP endpoint that fails the first `failures` requests, then answers 204."""
+
+    def __init__(self, failures: int):
+        self.failures = failures
+        self.requests: list[tuple[dict[str, str], bytes]] = []
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["content-length"]))
+                receiver.requests.append(({k.lower(): v for k, v in self.headers.items()}, body))
+                failing = len(receiver.requests) <= receiver.failures
+                self.send_response(500 if failing else 204)
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            def log_message(self, *_: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks/argd"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def receiver() -> Iterator[_Receiver]:
+    server = _Receiver(failures=1)
+    yield server
+    server.close()
+
+
+def _deliveries(settings: Settings, job_id: str) -> list[tuple[int, int | None, bool]]:
+    with session_scope(settings) as session:
+        return [(d.attempt, d.status_code, d.succeeded) for d in jobs.webhook_deliveries(session, job_id)]
+
+
+@pytest.mark.service
+def test_webhook_is_signed_retried_and_recorded(
+    service_settings: Settings, worker: WorkerProcess, receiver: _Receiver, tmp_path: Path
+) -> None:
+    inputs = upload_inputs(service_settings, tmp_path, images=32)
+    url = validate_webhook_url(receiver.url, service_settings)
+    job_id = submit(service_settings, inputs, {"epochs": 1}, webhook_url=url)
+    enqueue_job(job_id, service_settings)
+    wait_for(
+        service_settings, job_id, lambda j: j.webhook_status in ("delivered", "failed"), 60, "the webhook"
+    )
+
+    assert _deliveries(service_settings, job_id) == [(1, 500, False), (2, 204, True)]
+    assert len(receiver.requests) == 2
+    secret = tenant_webhook_secret(service_settings, inputs.tenant_id)
+    (first_headers, first_body), (headers, body) = receiver.requests
+    assert verify(secret, headers, body)
+    assert first_headers["webhook-id"] == headers["webhook-id"] and first_body == body  # one message, retried
+    assert headers["webhook-signature"].startswith("v1,")
+    event = json.loads(body)
+    assert event["type"] == "job.succeeded"
+    assert event["data"]["id"] == job_id and event["data"]["status"] == "succeeded"
+    assert event["data"]["metrics"]["after"]["acc"] is not None
+
+    # A queued job canceled through the API's path: the API commits, then asks for the webhook.
+    receiver.failures = 0
+    canceled_id = submit(service_settings, inputs, {"epochs": 1}, webhook_url=url)
+    with session_scope(service_settings) as session:
+        jobs.request_cancel(session, canceled_id)
+    notify_finished(canceled_id, service_settings)
+    notify_finished(canceled_id, service_settings)  # asked twice, sent once
+    job = wait_for(
+        service_settings, canceled_id, lambda j: j.webhook_status == "delivered", 30, "the webhook"
+    )
+    assert job.status == "canceled"
+    assert json.loads(receiver.requests[-1][1])["type"] == "job.canceled"
+    assert _deliveries(service_settings, canceled_id) == [(1, 204, True)]
+
+
+@pytest.mark.service
+def test_private_target_is_refused_at_delivery(
+    service_settings: Settings, worker: WorkerProcess, tmp_path: Path
+) -> None:
+    inputs = upload_inputs(service_settings, tmp_path, images=32)
+    # Written straight to the database, past the API's check: the worker checks again before sending.
+    job_id = submit(
+        service_settings, inputs, {"epochs": 1}, target_label=9, webhook_url="https://10.20.30.40/h"
+    )
+    enqueue_job(job_id, service_settings)
+    job = wait_for(service_settings, job_id, lambda j: j.webhook_status == "failed", 60, "the refusal")
+    assert finished(job) and job.error_code == "invalid_input"
+    with session_scope(service_settings) as session:
+        (delivery,) = jobs.webhook_deliveries(session, job_id)
+    assert delivery.event_type == "job.failed" and delivery.status_code is None and not delivery.succeeded
+    assert delivery.error is not None and "private or reserved" in delivery.error
