@@ -1,0 +1,79 @@
+"""The FastAPI application factory: settings in, a fully wired app out.
+
+Run it with `uvicorn --factory argd.api.app:create_app` (settings from ARGD_* variables), or build one on
+explicit settings in tests. Nothing here imports torch: the engine is loaded on the first upload.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from argd import __version__
+from argd.api.errors import document_problems, install_error_handlers
+from argd.api.limits import BodySizeLimit
+from argd.api.routes import datasets, health, jobs, models
+from argd.persistence.artifacts import LocalArtifactStore
+from argd.persistence.db import get_sessionmaker
+from argd.persistence.settings import Settings, get_settings
+
+DESCRIPTION = """\
+Removes backdoors from image classifiers with Attention Relation Graph Distillation (ARGD).
+
+Upload a model (`POST /v1/models`) and a small clean subset of its training data (`POST /v1/datasets`),
+create a job (`POST /v1/jobs`), poll it (`GET /v1/jobs/{id}`) and download the cleansed weights
+(`GET /v1/jobs/{id}/model`). Every `/v1` call needs `Authorization: Bearer <API key>`; each key sees only its
+own resources. Errors are RFC 9457 problem details (`application/problem+json`) with a stable `code`.
+"""
+
+OPENAPI_TAGS = [
+    {"name": "models", "description": "Uploaded classifiers (validated at upload, stored as safetensors)"},
+    {"name": "datasets", "description": "Uploaded image sets (clean subset, test set, poisoned set)"},
+    {"name": "jobs", "description": "Cleanse jobs: progress, metrics, results"},
+    {"name": "health", "description": "Liveness and readiness probes"},
+]
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """A new app on `settings` (default: from the environment), with its own session factory and store."""
+    settings = settings or get_settings()
+    settings.ensure_dirs()  # data directory, and the embedded broker's folders when that is the broker
+    app = FastAPI(
+        title="argd",
+        version=__version__,
+        description=DESCRIPTION,
+        openapi_tags=OPENAPI_TAGS,
+        license_info={"name": "Apache-2.0", "identifier": "Apache-2.0"},
+    )
+    app.state.settings = settings
+    app.state.sessionmaker = get_sessionmaker(settings)
+    app.state.store = LocalArtifactStore(settings.artifacts_dir)
+    install_error_handlers(app)
+    # Only the upload routes may receive big bodies; they stream them to disk under their own limit.
+    app.add_middleware(BodySizeLimit, exempt=[("POST", "/v1/models"), ("POST", "/v1/datasets")])
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "Idempotency-Key"],
+            expose_headers=["Location"],
+        )
+    for module in (models, datasets, jobs, health):
+        app.include_router(module.router)
+    _customize_openapi(app)
+    return app
+
+
+def _customize_openapi(app: FastAPI) -> None:
+    """Post-process the generated document once (problem details everywhere), then cache it."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = document_problems(generate())
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

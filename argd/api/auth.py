@@ -1,0 +1,54 @@
+"""Bearer API keys: every `/v1` route resolves the caller's key to its tenant, or answers 401.
+
+Keys are checked against their stored hash by `argd.persistence.keys.authenticate`; the routes then scope
+every query to the returned tenant, which is what makes another tenant's ids answer 404.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.orm import Session
+
+from argd.api.deps import app_settings, db_session
+from argd.api.errors import Problem
+from argd.persistence import keys
+
+bearer_scheme = HTTPBearer(
+    auto_error=False,
+    scheme_name="ApiKey",
+    description="An API key made with `argd keys create`, sent as `Authorization: Bearer argd_...`",
+)
+
+REALM = 'Bearer realm="argd"'
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: the tenant that owns the presented key."""
+
+    tenant_id: str
+    tenant_name: str
+
+
+def _unauthorized(detail: str, *, invalid_token: bool) -> Problem:
+    challenge = f'{REALM}, error="invalid_token"' if invalid_token else REALM
+    return Problem(401, "unauthorized", detail, headers={"WWW-Authenticate": challenge})
+
+
+def current_principal(
+    request: Request,
+    credentials: HTTPAuthorizationCredentials | None = Depends(bearer_scheme),
+    session: Session = Depends(db_session),
+) -> Principal:
+    """The tenant of the bearer key; 401 problem (with WWW-Authenticate) when it is missing or unknown."""
+    if credentials is None:
+        raise _unauthorized("Missing API key: send 'Authorization: Bearer <key>'", invalid_token=False)
+    tenant = keys.authenticate(session, credentials.credentials, app_settings(request))
+    if tenant is None:
+        raise _unauthorized("The API key is not valid (unknown or revoked)", invalid_token=True)
+    principal = Principal(tenant_id=tenant.id, tenant_name=tenant.name)
+    session.rollback()  # end the read transaction; routes start their own work cleanly
+    return principal

@@ -1,0 +1,208 @@
+"""`/v1/datasets`: upload (validated at once), list, read, delete."""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from argd.api.auth import Principal, current_principal
+from argd.api.deps import app_settings, app_store, db_session
+from argd.api.errors import Problem, problem_responses
+from argd.api.pagination import DEFAULT_LIMIT, MAX_LIMIT, paginate, split_page
+from argd.api.routes.common import multipart_body, owned, upload_dir, upload_name
+from argd.api.schemas import DatasetOut, DatasetPage
+from argd.api.uploads import receive_multipart
+from argd.api.validation import DatasetIntake, check_dataset_file
+from argd.persistence import jobs as job_state
+from argd.persistence.artifacts import LocalArtifactStore, register_artifact, release_artifacts
+from argd.persistence.models import Dataset
+
+router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
+
+DATASET_SUFFIXES = (".npz", ".zip")
+
+_UPLOAD_BODY = multipart_body(
+    {
+        "file": {
+            "type": "string",
+            "format": "binary",
+            "description": ".npz with x uint8 [N,H,W] or [N,H,W,C] and y int [N] (no pickles), or a .zip of "
+            "class folders of PNG/JPEG images",
+        },
+        "name": {"type": "string", "maxLength": 255, "description": "Optional label"},
+    },
+    ["file"],
+)
+
+
+def dataset_out(row: Dataset) -> DatasetOut:
+    meta = row.meta or {}
+    return DatasetOut(
+        id=row.id,
+        name=row.name,
+        filename=meta.get("filename"),
+        sha256=row.sha256,
+        upload_sha256=meta.get("upload_sha256"),
+        size_bytes=row.size,
+        source_format=meta.get("source_format", row.format),
+        count=row.count,
+        shape=list(row.shape),
+        classes=[int(label) for label in row.classes],
+        class_names=list(meta.get("class_names") or [str(label) for label in row.classes]),
+        class_counts=list(meta.get("class_counts") or []),
+        created_at=row.created_at,
+    )
+
+
+def _store_dataset(
+    session: Session,
+    store: LocalArtifactStore,
+    principal: Principal,
+    intake: DatasetIntake,
+    name: str,
+    filename: str,
+    upload_sha256: str,
+) -> Dataset:
+    blob = store.put_file(intake.path)
+    register_artifact(session, blob, "dataset")
+    row = Dataset(
+        tenant_id=principal.tenant_id,
+        name=name,
+        sha256=blob.sha256,
+        size=blob.size,
+        format="npz",
+        count=intake.count,
+        shape=intake.shape,
+        classes=intake.labels,
+        meta={
+            "filename": filename,
+            "upload_sha256": upload_sha256,
+            "source_format": intake.source_format,
+            "class_names": intake.class_names,
+            "class_counts": intake.class_counts,
+        },
+    )
+    session.add(row)
+    session.commit()
+    return row
+
+
+@router.post(
+    "",
+    operation_id="createDataset",
+    summary="Upload a dataset",
+    status_code=201,
+    response_model=DatasetOut,
+    openapi_extra=_UPLOAD_BODY,
+    responses=problem_responses(400, 401, 413, 415, 422),
+)
+async def create_dataset(
+    request: Request,
+    response: Response,
+    principal: Annotated[Principal, Depends(current_principal)],
+    session: Annotated[Session, Depends(db_session)],
+) -> DatasetOut:
+    """Validate the images and labels at once (array headers before data, safe zip member names, entry,
+    size and pixel limits) and store them. Whether they fit a model is checked when a job uses both."""
+    settings = app_settings(request)
+    tmp = upload_dir(settings)
+    async with receive_multipart(
+        request,
+        tmp,
+        file_fields={"file": DATASET_SUFFIXES},
+        text_fields={"name"},
+        max_file_bytes=settings.max_upload_bytes,
+    ) as form:
+        upload = form.files["file"]
+        name = upload_name(form.fields.get("name"), upload.filename)
+        converted = tmp / f"dataset-{uuid.uuid4().hex}.npz"
+        try:
+            intake = await run_in_threadpool(check_dataset_file, upload.path, converted)
+            row = await run_in_threadpool(
+                _store_dataset,
+                session,
+                app_store(request),
+                principal,
+                intake,
+                name,
+                upload.filename,
+                upload.sha256,
+            )
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                converted.unlink()
+    response.headers["Location"] = f"/v1/datasets/{row.id}"
+    return dataset_out(row)
+
+
+@router.get(
+    "",
+    operation_id="listDatasets",
+    summary="List datasets",
+    response_model=DatasetPage,
+    responses=problem_responses(401, 422),
+)
+def list_datasets(
+    principal: Annotated[Principal, Depends(current_principal)],
+    session: Annotated[Session, Depends(db_session)],
+    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
+    cursor: Annotated[str | None, Query(max_length=512)] = None,
+) -> DatasetPage:
+    """The caller's datasets, newest first."""
+    query = paginate(select(Dataset).where(Dataset.tenant_id == principal.tenant_id), Dataset, limit, cursor)
+    rows, next_cursor = split_page(list(session.scalars(query)), limit)
+    return DatasetPage(items=[dataset_out(row) for row in rows], next_cursor=next_cursor)
+
+
+@router.get(
+    "/{dataset_id}",
+    operation_id="getDataset",
+    summary="Get a dataset",
+    response_model=DatasetOut,
+    responses=problem_responses(401, 404),
+)
+def get_dataset(
+    dataset_id: str,
+    principal: Annotated[Principal, Depends(current_principal)],
+    session: Annotated[Session, Depends(db_session)],
+) -> DatasetOut:
+    """A dataset's metadata (never its bytes)."""
+    return dataset_out(owned(session, Dataset, dataset_id, principal, "dataset"))
+
+
+@router.delete(
+    "/{dataset_id}",
+    operation_id="deleteDataset",
+    summary="Delete a dataset",
+    status_code=204,
+    response_class=Response,
+    responses=problem_responses(401, 404, 409),
+)
+def delete_dataset(
+    request: Request,
+    dataset_id: str,
+    principal: Annotated[Principal, Depends(current_principal)],
+    session: Annotated[Session, Depends(db_session)],
+) -> Response:
+    """Delete the dataset and its stored file (unless shared). 409 while a queued or running job uses it."""
+    row = owned(session, Dataset, dataset_id, principal, "dataset", lock="update")
+    active = job_state.jobs_using(session, dataset_id=row.id)
+    if active:
+        raise Problem(
+            409,
+            "in_use",
+            f"The dataset is used by {len(active)} queued or running job(s); cancel them or wait",
+            details={"jobs": [job.id for job in active]},
+        )
+    sha = row.sha256
+    session.delete(row)
+    session.flush()
+    release_artifacts(session, app_store(request), [sha])
+    session.commit()
+    return Response(status_code=204)
