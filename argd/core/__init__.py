@@ -1,1 +1,4 @@
-"""The ML engine: pure library (torch, numpy, safetensors). Imports nothing from api/, worker/ or persistence."""
+"""The ML engine: pure library (torch, numpy, safetensors).
+
+It imports nothing from api/, worker/ or persistence, so a one-shot run needs no server.
+"""

@@ -20,7 +20,8 @@ class ModelSpec(BaseModel):
     std: list[float] = Field(default_factory=lambda: [1.0])
     arch_kwargs: dict[str, bool | int | float | str] = Field(default_factory=dict)
     feature_layers: list[str] | None = Field(
-        default=None, description="Module names whose outputs are the attention levels; default per architecture"
+        default=None,
+        description="Module names whose outputs are the attention levels; default per architecture",
     )
 
     @model_validator(mode="after")
@@ -28,7 +29,9 @@ class ModelSpec(BaseModel):
         for name in ("mean", "std"):
             values = getattr(self, name)
             if len(values) not in (1, self.in_channels):
-                raise ValueError(f"{name} must have 1 or in_channels={self.in_channels} values, got {len(values)}")
+                raise ValueError(
+                    f"{name} must have 1 or in_channels={self.in_channels} values, got {len(values)}"
+                )
             if not all(math.isfinite(v) for v in values):
                 raise ValueError(f"{name} must be finite")
         if any(s <= 0 for s in self.std):
