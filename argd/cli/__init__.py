@@ -1,0 +1,1 @@
+"""The `argd` command line: one entry point, one module per command group (see main.py)."""

@@ -1,0 +1,87 @@
+"""What every `argd` command shares: exit codes, the one-line error, small parsing and output helpers."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, NoReturn
+
+# Exit codes (documented in the README): scripts branch on them.
+EXIT_OK = 0
+EXIT_FAILURE = 1  # the work ran and failed: a job failed or was canceled, an internal error
+EXIT_USAGE = 2  # bad input: options, files, model or data the engine refuses
+EXIT_SERVER = 3  # the server answered an HTTP error or could not be reached
+EXIT_INTERRUPTED = 130
+
+
+class CliError(Exception):
+    """A failure the command explains in one line; `exit_code` says which kind."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_USAGE):
+        super().__init__(message)
+        self.message = message
+        self.exit_code = exit_code
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with a one-line error (`argd cleanse: error: ... (see --help)`) instead of usage + error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+def existing_file(value: str) -> Path:
+    """argparse type: a path that must be a readable file, checked before any work starts."""
+    path = Path(value).expanduser()
+    if not path.exists():
+        raise argparse.ArgumentTypeError(f"no such file: {value}")
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"not a file: {value}")
+    return path
+
+
+def float_list(value: str) -> list[float]:
+    """argparse type: `0.286` or `0.49,0.48,0.45` (commas or spaces)."""
+    parts = [p for p in value.replace(",", " ").split() if p]
+    try:
+        numbers = [float(p) for p in parts]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers separated by commas, got {value!r}") from None
+    if not numbers:
+        raise argparse.ArgumentTypeError("expected at least one number")
+    return numbers
+
+
+def read_json_file(path: Path, what: str) -> Any:
+    """Read a user's JSON file with an error that names the file and the line."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CliError(f"{what}: no such file: {path}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CliError(f"{what}: {path} is not valid JSON: {exc}") from None
+
+
+def print_json(data: Any) -> None:
+    """Machine-readable output for `--json`: stable key order, one document on stdout."""
+    json.dump(data, sys.stdout, indent=2, sort_keys=True, default=str)
+    sys.stdout.write("\n")
+    sys.stdout.flush()
+
+
+def info(message: str, quiet: bool = False) -> None:
+    """Human progress notes go to stderr so stdout stays clean for results."""
+    if not quiet:
+        print(message, file=sys.stderr, flush=True)
+
+
+def percent(value: Any) -> str:
+    """A fraction in [0, 1] as `97.3 %`; `-` when unavailable."""
+    if value is None:
+        return "-"
+    try:
+        return f"{100.0 * float(value):.1f} %"
+    except (TypeError, ValueError):
+        return str(value)
