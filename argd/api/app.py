@@ -14,7 +14,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from argd import __version__
 from argd.api.errors import document_problems, install_error_handlers
 from argd.api.limits import BodySizeLimit
-from argd.api.routes import datasets, health, jobs, models
+from argd.api.routes import datasets, health, jobs, models, webhooks
 from argd.persistence.artifacts import LocalArtifactStore
 from argd.persistence.db import get_sessionmaker
 from argd.persistence.settings import Settings, get_settings
@@ -61,7 +61,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_headers=["Authorization", "Content-Type", "Idempotency-Key"],
             expose_headers=["Location"],
         )
-    for module in (models, datasets, jobs, health):
+    for module in (models, datasets, jobs, webhooks, health):
         app.include_router(module.router)
     _customize_openapi(app)
     return app

@@ -184,3 +184,11 @@ class Health(BaseModel):
 class Readiness(BaseModel):
     status: Literal["ready"] = "ready"
     checks: dict[str, str] = Field(description="Each dependency and 'ok'")
+
+
+class WebhookSecret(BaseModel):
+    secret: str = Field(description="whsec_<base64>: verify webhook-signature with it (Standard Webhooks)")
+    headers: list[str] = Field(
+        default=["webhook-id", "webhook-timestamp", "webhook-signature"],
+        description="The headers every delivery carries",
+    )

@@ -196,8 +196,9 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
             key = create_key(session, args.tenant, settings)
     except ValueError as exc:
         raise CliError(str(exc)) from None
-    print(key)
     info(f"created a key for tenant {args.tenant!r}; it is shown only this once")
+    info("webhooks to this tenant are signed with the secret served at GET /v1/webhooks/secret")
+    print(key)
     return EXIT_OK
 
 

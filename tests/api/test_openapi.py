@@ -25,6 +25,7 @@ EXPECTED_OPERATIONS = {
     ("post", "/v1/jobs/{job_id}/cancel"): "cancelJob",
     ("get", "/v1/jobs/{job_id}/model"): "downloadJobModel",
     ("get", "/v1/jobs/{job_id}/report"): "getJobReport",
+    ("get", "/v1/webhooks/secret"): "getWebhookSecret",
     ("get", "/healthz"): "getHealth",
     ("get", "/readyz"): "getReadiness",
 }

@@ -1,0 +1,25 @@
+"""The tenant's webhook signing secret, so receivers can verify the Standard Webhooks signatures we send."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Request
+
+from argd.api.auth import Principal, current_principal
+from argd.api.deps import app_settings
+from argd.api.errors import problem_responses
+from argd.api.schemas import WebhookSecret
+from argd.worker.webhooks import tenant_webhook_secret
+
+router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"])
+
+
+@router.get(
+    "/secret",
+    operation_id="getWebhookSecret",
+    response_model=WebhookSecret,
+    responses=problem_responses(401),
+    summary="The secret that signs this tenant's webhooks (whsec_ form, for Standard Webhooks verifiers)",
+)
+def get_webhook_secret(request: Request, principal: Principal = Depends(current_principal)) -> WebhookSecret:
+    secret = tenant_webhook_secret(app_settings(request), principal.tenant_id)
+    return WebhookSecret(secret=secret)
