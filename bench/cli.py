@@ -1,0 +1,201 @@
+"""`argd bench defense|speed`: argument parsing only; the work is in `bench.defense` and `bench.speed`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from argd.core.errors import ArgdError
+
+ALL_ATTACKS = ("badnets", "trojan", "blend", "cl", "sig", "refool", "wanet")
+QUICK_ATTACKS = ("badnets", "blend", "sig")
+DEFAULT_DATA_ROOT = Path("/usr/share/datasets/fashion-mnist")
+
+
+def _csv(value: str) -> list[str]:
+    items = [v.strip().lower() for v in value.split(",") if v.strip()]
+    if not items:
+        raise argparse.ArgumentTypeError("expected a comma-separated list")
+    return items
+
+
+def _positive_int(value: str) -> int:
+    number = int(value)
+    if number <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return number
+
+
+def _fraction(value: str) -> float:
+    number = float(value)
+    if not 0.0 < number <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {value}")
+    return number
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    data = p.add_argument_group("data")
+    data.add_argument(
+        "--data-root",
+        type=Path,
+        default=DEFAULT_DATA_ROOT,
+        help="Fashion-MNIST IDX folder (default: %(default)s, Debian package dataset-fashion-mnist)",
+    )
+    data.add_argument(
+        "--train-npz", type=Path, help="training set in the project's .npz format (x uint8, y int)"
+    )
+    data.add_argument(
+        "--test-npz", type=Path, help="test set in the project's .npz format; needs --train-npz"
+    )
+    data.add_argument(
+        "--train-size", type=_positive_int, help="use a seeded subset of this many training images"
+    )
+    data.add_argument("--test-size", type=_positive_int, help="use a seeded subset of this many test images")
+    p.add_argument(
+        "--architecture", default="wrn-16-1", help="registry id of the network (default: %(default)s)"
+    )
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: %(default)s)")
+    p.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "off"], help="mixed precision")
+    p.add_argument("--threads", type=_positive_int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, help="results folder")
+    p.add_argument("--quick", action="store_true", help="small smoke-test version (minutes on 2 CPU cores)")
+
+
+def _add_defense_options(d: argparse.ArgumentParser) -> None:
+    _add_common(d)
+    d.add_argument("--attacks", type=_csv, help=f"comma-separated subset of {','.join(ALL_ATTACKS)}")
+    d.add_argument(
+        "--target", type=int, default=0, help="target label of every attack (default: %(default)s)"
+    )
+    d.add_argument("--poison-rate", type=_fraction, default=0.1, help="dirty-label poisoning rate")
+    d.add_argument(
+        "--clean-fraction",
+        type=_fraction,
+        default=0.05,
+        help="clean subset size as a fraction of the full training split (default: %(default)s)",
+    )
+    d.add_argument(
+        "--clean-size", type=_positive_int, help="clean subset size in images (overrides the fraction)"
+    )
+    d.add_argument("--backdoor-epochs", type=_positive_int, help="epochs of backdoored/clean model training")
+    d.add_argument("--backdoor-lr", type=float, help="peak learning rate of backdoored model training")
+    d.add_argument(
+        "--defences",
+        type=_csv,
+        help="defences to run (default: finetune,nad,argd; the reference column is --reference)",
+    )
+    d.add_argument(
+        "--preset", default="default", help="CleanseParams preset of all defences (default|reference)"
+    )
+    d.add_argument(
+        "--epochs", type=_positive_int, help="distillation epochs of every defence (overrides preset)"
+    )
+    d.add_argument(
+        "--teacher-epochs", type=_positive_int, help="teacher fine-tuning epochs (overrides preset)"
+    )
+    d.add_argument(
+        "--reference",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="also run ARGD with the reference preset (the paper's settings) as its own column",
+    )
+    d.add_argument(
+        "--ablations",
+        type=_csv,
+        help="ARGD variants to run (comma list, 'all' or 'none'); see bench.defense.ABLATIONS",
+    )
+    d.add_argument(
+        "--ablation-attacks", type=_csv, help="attacks the ablations run on (default: badnets,blend)"
+    )
+    d.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a CleanseParams field for every defence (JSON value), repeatable",
+    )
+    d.add_argument("--cache-dir", type=Path, help="backdoored-model cache (default: ~/.cache/argd/bench)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `bench` parser; the `argd` entry point hands it everything after `bench`."""
+    parser = argparse.ArgumentParser(prog="argd bench", description="Benchmarks of the ARGD engine.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser(
+        "defense",
+        help="fine-tuning vs NAD vs ARGD on backdoored models",
+        description="Train (or reuse cached) backdoored models, cleanse each with fine-tuning, NAD and "
+        "ARGD on the same clean subset, and write a Markdown table, a JSON file and a PNG chart.",
+    )
+    _add_defense_options(d)
+
+    t = sub.add_parser(
+        "tune",
+        help="the defence benchmark over a grid of settings (how the defaults were chosen)",
+        description="Run `defense` once per grid entry (CleanseParams overrides applied to every defence) "
+        "on the same cached backdoored models, and write tune.md / tune.json.",
+    )
+    _add_defense_options(t)
+    t.add_argument("--grid", type=_csv, help="grid entries to run (default: all; see bench.tune.GRID)")
+
+    s = sub.add_parser(
+        "speed",
+        help="epoch time of fine-tuning, NAD, ARGD and the bare passes",
+        description="Time one epoch of each method side by side on the same data and model, with device "
+        "synchronisation on CUDA, and report seconds per epoch, images per second and the ratios.",
+    )
+    _add_common(s)
+    s.add_argument("--images", type=_positive_int, help="images per epoch (default: 3000, quick: 512)")
+    s.add_argument("--batch-size", type=_positive_int, help="batch size (default: the preset's)")
+    s.add_argument("--repeats", type=_positive_int, help="timed epochs per method (default: 5, quick: 2)")
+    s.add_argument("--preset", default="default", help="CleanseParams preset (default|reference)")
+
+    from bench.service import add_subcommands  # the service benchmarks: api-latency, upload-memory
+
+    add_subcommands(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `argd bench`; returns the process exit status."""
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    if getattr(args, "service_bench", None):
+        from bench.service import run_from_args
+
+        return run_from_args(args)
+    if args.test_npz and not args.train_npz:
+        print("argd bench: error: --test-npz needs --train-npz", file=sys.stderr)
+        return 2
+    try:
+        if args.command == "defense":
+            from bench.defense import config_from_args, run_defense
+
+            run_defense(config_from_args(args))
+        elif args.command == "tune":
+            from bench.defense import config_from_args
+            from bench.tune import GRID, run_tune
+
+            config = config_from_args(args)
+            if args.out is None:
+                config.out = Path("bench-results/tune-quick" if args.quick else "bench-results/tune")
+            run_tune(config, list(args.grid or GRID))
+        else:
+            from bench.speed import config_from_args as speed_config
+            from bench.speed import run_speed
+
+            run_speed(speed_config(args))
+    except ArgdError as exc:
+        print(f"argd bench: error: {exc.message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("argd bench: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

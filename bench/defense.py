@@ -1,0 +1,673 @@
+"""`argd bench defense`: fine-tuning vs NAD vs ARGD on backdoored models, one row per attack.
+
+For every attack: a backdoored model is trained with augmentation (or loaded from the cache), a clean subset
+is drawn (seeded) from the training images the attack left untouched, and every defence runs through the
+engine's `run_cleanse` on that same subset, with the same seed, schedule and epoch budget, and is evaluated on
+the same clean test set (ACC) and triggered non-target test set (ASR). Plain fine-tuning is the same trainer
+with every distillation weight at 0 and ARGD's schedule, so the comparison is fair.
+
+NAD and ARGD distil from the same teacher: its fine-tuning depends only on the teacher settings, the seed and
+the clean subset, so it is trained once per attack and settings and handed to each run (the result is what
+each run would have computed for itself, without paying for it twice).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import ValidationError
+from torch import nn
+
+import argd
+from argd.core.architectures import build_model
+from argd.core.data import ImageData, load_dataset, load_fashion_mnist
+from argd.core.device import resolve_device
+from argd.core.errors import InvalidInput
+from argd.core.features import default_node_weights, resolve_feature_layers
+from argd.core.metrics import evaluate
+from argd.core.params import CleanseParams
+from argd.core.pipeline import ProgressEvent, run_cleanse, split_validation
+from argd.core.spec import ModelSpec
+from argd.core.trainer import Trainer
+from bench.backdoor import (
+    TrainSettings,
+    Victim,
+    data_fingerprint,
+    default_cache_dir,
+    train_backdoored,
+    train_clean,
+)
+from bench.cli import ALL_ATTACKS, QUICK_ATTACKS
+from bench.report import summarise, write_defense_report
+from bench.speed import device_description
+
+#: ARGD variants for the ablation switches: name -> (description, CleanseParams overrides on ARGD's params).
+ABLATIONS: dict[str, tuple[str, dict[str, Any]]] = {
+    "frozen-embedding": (
+        "embedding projections frozen at their seeded random init (as released)",
+        {"embedding_trainable": False},
+    ),
+    "no-edge": ("edge term off", {"w_edge": 0.0}),
+    "no-embedding": ("embedding term off", {"w_emb": 0.0}),
+    "uniform-beta": (
+        "node weight equal on every level (the mean of the per-level weights)",
+        {"beta_uniform": True},
+    ),
+    "node-x0.5": ("node weight halved", {"w_node_scale": 0.5}),
+    "node-x2": ("node weight doubled", {"w_node_scale": 2.0}),
+}
+DEFENCES = ("finetune", "nad", "argd")
+DEFAULT_ABLATIONS = ("frozen-embedding", "no-edge", "no-embedding", "uniform-beta")
+DEFAULT_ABLATION_ATTACKS = ("badnets", "blend")
+#: Fields of CleanseParams that determine the teacher (same values -> same teacher).
+TEACHER_FIELDS = (
+    "seed",
+    "batch_size",
+    "teacher_epochs",
+    "teacher_lr",
+    "teacher_lr_schedule",
+    "momentum",
+    "nesterov",
+    "weight_decay",
+    "crop_padding",
+    "flip",
+    "cutout",
+    "val_fraction",
+    "amp",
+    "channels_last",
+)
+
+
+@dataclass
+class DefenseConfig:
+    """Every setting of a defence benchmark run (all of it goes into the JSON)."""
+
+    out: Path = Path("bench-results/defense")
+    attacks: list[str] = field(default_factory=lambda: list(ALL_ATTACKS))
+    data_root: Path = Path("/usr/share/datasets/fashion-mnist")
+    train_npz: Path | None = None
+    test_npz: Path | None = None
+    train_size: int | None = 20_000
+    test_size: int | None = None
+    architecture: str = "wrn-16-1"
+    target: int = 0
+    poison_rate: float = 0.1
+    clean_fraction: float = 0.05
+    clean_size: int | None = None
+    seed: int = 0
+    backdoor: TrainSettings = field(default_factory=TrainSettings)
+    defences: list[str] = field(default_factory=lambda: list(DEFENCES))
+    preset: str = "default"
+    overrides: dict[str, Any] = field(default_factory=dict)
+    epochs: int | None = None
+    teacher_epochs: int | None = None
+    reference: bool = True
+    ablations: list[str] = field(default_factory=lambda: list(DEFAULT_ABLATIONS))
+    ablation_attacks: list[str] = field(default_factory=lambda: list(DEFAULT_ABLATION_ATTACKS))
+    cache_dir: Path = field(default_factory=default_cache_dir)
+    device: str = "auto"
+    amp: str = "auto"
+    threads: int | None = None
+    quick: bool = False
+
+
+def _parse_override(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise InvalidInput(f"--set expects KEY=VALUE, got {text!r}")
+    key, raw = text.split("=", 1)
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return key.strip(), value
+
+
+def config_from_args(args: argparse.Namespace) -> DefenseConfig:
+    """Turn parsed `argd bench defense` arguments into a config; --quick fills in small sizes."""
+    quick = bool(args.quick)
+    backdoor = TrainSettings(
+        epochs=args.backdoor_epochs or (3 if quick else TrainSettings.epochs),
+        lr=args.backdoor_lr or TrainSettings.lr,
+    )
+    if args.ablations is None:
+        ablations = [] if quick else list(DEFAULT_ABLATIONS)
+    elif args.ablations == ["none"]:
+        ablations = []
+    elif args.ablations == ["all"]:
+        ablations = list(ABLATIONS)
+    else:
+        ablations = list(args.ablations)
+    config = DefenseConfig(
+        out=args.out or Path("bench-results/defense-quick" if quick else "bench-results/defense"),
+        attacks=list(args.attacks or (QUICK_ATTACKS if quick else ALL_ATTACKS)),
+        data_root=args.data_root,
+        train_npz=args.train_npz,
+        test_npz=args.test_npz,
+        train_size=args.train_size or (4000 if quick else 20_000),
+        test_size=args.test_size or (1000 if quick else None),
+        architecture=args.architecture,
+        target=args.target,
+        poison_rate=args.poison_rate,
+        clean_fraction=args.clean_fraction,
+        clean_size=args.clean_size or (400 if quick else None),
+        seed=args.seed,
+        backdoor=backdoor,
+        defences=list(args.defences or DEFENCES),
+        preset=args.preset,
+        overrides=dict(_parse_override(t) for t in args.overrides),
+        epochs=args.epochs or (3 if quick else None),
+        teacher_epochs=args.teacher_epochs or (2 if quick else None),
+        reference=(not quick) if args.reference is None else bool(args.reference),
+        ablations=ablations,
+        ablation_attacks=list(args.ablation_attacks or DEFAULT_ABLATION_ATTACKS),
+        cache_dir=args.cache_dir or default_cache_dir(),
+        device=args.device,
+        amp=args.amp,
+        threads=args.threads,
+        quick=quick,
+    )
+    validate(config)
+    return config
+
+
+def validate(config: DefenseConfig) -> None:
+    """Reject unknown attacks, ablations and parameter overrides before anything is trained."""
+    from argd.core.attacks import ATTACKS
+
+    unknown = [a for a in config.attacks if a not in ATTACKS]
+    if unknown:
+        raise InvalidInput(f"unknown attack(s) {', '.join(unknown)}; known: {', '.join(ATTACKS)}")
+    unknown = [d for d in config.defences if d not in DEFENCES]
+    if unknown:
+        raise InvalidInput(f"unknown defence(s) {', '.join(unknown)}; known: {', '.join(DEFENCES)}")
+    unknown = [a for a in config.ablations if a not in ABLATIONS]
+    if unknown:
+        raise InvalidInput(f"unknown ablation(s) {', '.join(unknown)}; known: {', '.join(ABLATIONS)}")
+    try:
+        defence_params(config, "argd")  # validates the preset and the overrides
+    except (ValidationError, ValueError) as exc:
+        errors = exc.errors() if isinstance(exc, ValidationError) else None
+        detail = (
+            "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors) if errors else str(exc)
+        )
+        raise InvalidInput(f"bad defence parameters (--preset / --set): {detail}") from exc
+
+
+# ---------------------------------------------------------------------------------------------- data
+
+
+def _seeded_subset(data: ImageData, size: int | None, seed: int) -> ImageData:
+    if size is None or size >= len(data):
+        return data
+    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))
+    return data.subset(order[:size].sort().values)
+
+
+def load_data(config: DefenseConfig) -> tuple[ImageData, ImageData, int, str]:
+    """(train subset, test subset, size of the full training split, dataset name)."""
+    if config.train_npz is not None:
+        if config.test_npz is None:
+            raise InvalidInput("--train-npz needs --test-npz (the clean test set for ACC and ASR)")
+        train, test = load_dataset(config.train_npz), load_dataset(config.test_npz)
+        name = config.train_npz.name
+    else:
+        train = load_fashion_mnist(config.data_root, "train")
+        test = load_fashion_mnist(config.data_root, "test")
+        name = "fashion-mnist"
+    if tuple(train.x.shape[1:]) != tuple(test.x.shape[1:]):
+        raise InvalidInput(
+            f"train images are {tuple(train.x.shape[1:])} but test images {tuple(test.x.shape[1:])}"
+        )
+    if train.x.shape[2] != train.x.shape[3]:
+        raise InvalidInput(f"the benchmark needs square images, got {tuple(train.x.shape[2:])}")
+    full = len(train)
+    return (
+        _seeded_subset(train, config.train_size, config.seed),
+        _seeded_subset(test, config.test_size, config.seed + 1),
+        full,
+        name,
+    )
+
+
+def make_spec(config: DefenseConfig, train: ImageData) -> ModelSpec:
+    """The spec of every model: the architecture, the data geometry, mean/std measured on the train subset."""
+    x = train.x.float() / 255.0
+    mean = x.mean(dim=(0, 2, 3)).tolist()
+    std = x.std(dim=(0, 2, 3)).tolist()
+    num_classes = max(int(train.y.max()) + 1, 2)
+    return ModelSpec(
+        architecture=config.architecture,
+        num_classes=num_classes,
+        in_channels=int(train.x.shape[1]),
+        image_size=int(train.x.shape[2]),
+        mean=[round(m, 4) for m in mean],
+        std=[round(s, 4) for s in std],
+    )
+
+
+def clean_subset(train: ImageData, excluded: torch.Tensor | None, size: int, seed: int) -> ImageData:
+    """`size` images drawn (seeded) from the training images the attack did not touch."""
+    keep = torch.ones(len(train), dtype=torch.bool)
+    if excluded is not None and excluded.numel():
+        keep[excluded] = False
+    candidates = torch.nonzero(keep).flatten()
+    if size > candidates.numel():
+        raise InvalidInput(
+            f"clean subset of {size} images asked for, only {candidates.numel()} untouched images"
+        )
+    order = torch.randperm(candidates.numel(), generator=torch.Generator().manual_seed(seed + 7))
+    return train.subset(candidates[order[:size]].sort().values)
+
+
+# ------------------------------------------------------------------------------------------ defences
+
+
+def defence_params(
+    config: DefenseConfig,
+    method: str,
+    preset: str | None = None,
+    *,
+    spec: ModelSpec | None = None,
+    levels: int | None = None,
+    **extra: Any,
+) -> CleanseParams:
+    """CleanseParams of one defence: the preset, the run's overrides and epoch budget, then `extra`.
+
+    Pseudo-fields act on the resolved values: `<field>_scale` multiplies a numeric field (e.g.
+    `w_node_scale: 2` doubles the preset's node weight), and `beta_uniform` replaces the per-level node
+    weights by their mean on every level. A preset whose `beta`
+    has another length than the model's `levels` (the reference's three WRN levels on another network)
+    falls back to the architecture's default node weights.
+    """
+    preset = preset or config.preset
+    overrides = dict(config.overrides) if preset == config.preset else {}
+    if config.epochs is not None:
+        overrides["epochs"] = config.epochs
+        base = CleanseParams.preset(preset)
+        if base.lr_per_epoch is not None and len(base.lr_per_epoch) != config.epochs:
+            overrides["lr_per_epoch"] = None
+    if config.teacher_epochs is not None:
+        overrides["teacher_epochs"] = config.teacher_epochs
+    merged = {**overrides, **extra}
+    scales = {k.removesuffix("_scale"): float(merged.pop(k)) for k in list(merged) if k.endswith("_scale")}
+    uniform = bool(merged.pop("beta_uniform", False))
+    params = CleanseParams.preset(
+        preset, **{**merged, "method": method, "seed": config.seed, "amp": config.amp}
+    )
+    update: dict[str, Any] = {}
+    if levels is not None and params.beta is not None and len(params.beta) != levels:
+        update["beta"] = None
+    for name, factor in scales.items():
+        value = getattr(params, name, None)
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            raise InvalidInput(f"{name}_scale: {name} is not a numeric parameter")
+        update[name] = value * factor
+    if uniform:
+        if spec is None or levels is None:
+            raise ValueError("beta_uniform needs the spec and the number of attention levels")
+        beta = update.get("beta", params.beta) or default_node_weights(spec, levels)
+        update["beta"] = [sum(beta) / len(beta)] * len(beta)
+    if update:
+        params = CleanseParams.model_validate({**params.model_dump(), **update})
+    return params
+
+
+def _teacher_key(params: CleanseParams) -> str:
+    return json.dumps({f: getattr(params, f) for f in TEACHER_FIELDS}, sort_keys=True, default=str)
+
+
+class TeacherCache:
+    """Fine-tuned teachers of one backdoored model, keyed by the settings that determine them."""
+
+    def __init__(self, model: nn.Module, spec: ModelSpec, clean: ImageData, device: torch.device, log: Any):
+        self.model, self.spec, self.clean, self.device, self.log = model, spec, clean, device, log
+        self.teachers: dict[str, tuple[nn.Module, float, list[dict[str, Any]]]] = {}
+
+    def get(self, params: CleanseParams, label: str) -> tuple[nn.Module, float, list[dict[str, Any]]]:
+        """(teacher on CPU, seconds it took, its history); trained exactly as `run_cleanse` would."""
+        key = _teacher_key(params)
+        if key not in self.teachers:
+            started = time.perf_counter()
+            teacher = copy.deepcopy(self.model).to(self.device)
+            history: list[dict[str, Any]] = []
+            if params.teacher_epochs > 0:
+                train, val = split_validation(self.clean, params.val_fraction, params.seed)
+                trainer = Trainer(
+                    teacher,
+                    ImageData(train.x.to(self.device), train.y.to(self.device)),
+                    self.spec,
+                    params,
+                    phase="teacher",
+                    device=self.device,
+                    val=None if val is None else ImageData(val.x.to(self.device), val.y.to(self.device)),
+                    progress=_epoch_logger(self.log, f"{label} teacher"),
+                )
+                history = trainer.fit()
+            self.teachers[key] = (teacher.to("cpu").eval(), time.perf_counter() - started, history)
+        return self.teachers[key]
+
+
+def _epoch_logger(log: Any, label: str) -> Any:
+    def progress(event: ProgressEvent) -> None:
+        if event.end_of_epoch:
+            losses = " ".join(f"{k}={v:.4g}" for k, v in event.losses.items() if v)
+            log(f"{label} epoch {event.epoch}/{event.epochs} {losses}")
+
+    return progress
+
+
+def run_defence(
+    name: str,
+    params: CleanseParams,
+    victim: Victim,
+    spec: ModelSpec,
+    clean: ImageData,
+    test: ImageData,
+    teachers: TeacherCache,
+    config: DefenseConfig,
+    label: str,
+    log: Any,
+) -> dict[str, Any]:
+    """One `run_cleanse` call; returns its metrics, timings, term magnitudes and effective parameters."""
+    teacher, teacher_seconds, teacher_history = (None, 0.0, [])
+    if params.needs_teacher:
+        teacher, teacher_seconds, teacher_history = teachers.get(params, label)
+    result = run_cleanse(
+        victim.model,
+        spec,
+        params,
+        clean,
+        test=test,
+        poisoned=victim.eval_set,
+        target_label=config.target,
+        teacher=teacher,
+        device=teachers.device,
+        progress=_epoch_logger(log, f"{label} {name}"),
+    )
+    after = result.metrics["after"]
+    distill = [h for h in result.history if h["phase"] == "distill"]
+    weights = params.effective_weights()
+    # Weighted magnitude of each term beside the cross-entropy, first and last epoch: the evidence that every
+    # term of the graph contributes at a scale comparable with the CE.
+    scales = (
+        {
+            when: {
+                "ce": h["losses"]["ce"],
+                **{t: weights[t] * h["losses"][t] for t in ("node", "edge", "emb")},
+            }
+            for when, h in (("first_epoch", distill[0]), ("last_epoch", distill[-1]))
+        }
+        if distill
+        else {}
+    )
+    row = {
+        "method": params.method,
+        "acc": after["acc"],
+        "asr": after["asr"],
+        "ra": after["ra"],
+        "der": result.metrics["der"],
+        "fidelity": result.metrics["fidelity"],
+        "teacher": result.metrics.get("teacher"),
+        "seconds": result.seconds,
+        "teacher_seconds": teacher_seconds,
+        "distill_seconds_per_epoch": (sum(h["seconds"] for h in distill) / len(distill)) if distill else None,
+        "term_scales": scales,
+        "history": teacher_history + result.history,
+        "params": params.model_dump(),
+        "selection": result.selection,
+    }
+    log(
+        f"{label} {name}: ACC {100 * (after['acc'] or 0):.2f} % ASR {100 * (after['asr'] or 0):.2f} % "
+        f"({result.seconds + teacher_seconds:.1f}s)"
+    )
+    return row
+
+
+# -------------------------------------------------------------------------------------------- checks
+
+
+def target_checks(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The issue's targets, each with pass/fail and the numbers behind it."""
+    checks: list[dict[str, Any]] = []
+    attacks = results["attacks"]
+    clean_acc = (results.get("clean_model") or {}).get("acc")
+
+    def add(name: str, passed: bool, detail: str) -> None:
+        checks.append({"name": name, "passed": bool(passed), "detail": detail})
+
+    def pct(v: float | None) -> str:
+        return "n/a" if v is None else f"{100 * v:.2f}"
+
+    weak = [a for a, r in attacks.items() if (r["backdoor"]["asr"] or 0) < 0.95]
+    add("every backdoor ASR >= 95 %", not weak, "below: " + (", ".join(weak) or "none"))
+    if clean_acc is not None:
+        far = [a for a, r in attacks.items() if clean_acc - (r["backdoor"]["acc"] or 0) > 0.02]
+        add(
+            "every backdoored ACC within 2 points of the clean model",
+            not far,
+            f"clean {pct(clean_acc)}; outside: " + (", ".join(far) or "none"),
+        )
+    erased = [
+        a
+        for a, r in attacks.items()
+        if "finetune" in r["defences"] and r["defences"]["finetune"]["asr"] <= 0.05
+    ]
+    add(
+        "no backdoor erased by plain fine-tuning (FT ASR > 5 %)",
+        not erased,
+        "erased: " + (", ".join(erased) or "none"),
+    )
+    argd = {a: r["defences"]["argd"] for a, r in attacks.items() if "argd" in r["defences"]}
+    if not argd:
+        return checks
+    high = {a: m["asr"] for a, m in argd.items() if m["asr"] > 0.05}
+    add(
+        "ARGD ASR <= 5 % on every attack",
+        not high,
+        ", ".join(f"{a} {pct(v)}" for a, v in high.items()) or "all",
+    )
+    above2 = [a for a, m in argd.items() if m["asr"] > 0.02]
+    add("ARGD ASR <= 2 % (aim)", not above2, "above: " + (", ".join(above2) or "none"))
+    drops = {a: attacks[a]["backdoor"]["acc"] - m["acc"] for a, m in argd.items()}
+    big = {a: d for a, d in drops.items() if d > 0.02}
+    add(
+        "ARGD ACC drop <= 2 points",
+        not big,
+        f"max drop {pct(max(drops.values()))}; above: " + (", ".join(big) or "none"),
+    )
+    with_nad = [a for a in argd if "nad" in attacks[a]["defences"]]
+    if with_nad:
+        wins = [a for a in with_nad if argd[a]["asr"] <= attacks[a]["defences"]["nad"]["asr"]]
+        needed = math.ceil(5 / 7 * len(with_nad))
+        add(
+            f"ARGD ASR <= NAD's on at least {needed} of {len(with_nad)} attacks",
+            len(wins) >= needed,
+            f"{len(wins)} of {len(with_nad)}",
+        )
+    summary = summarise(results)
+    for other in ("nad", "finetune"):
+        if other in summary:
+            a, b = summary["argd"]["asr"], summary[other]["asr"]
+            add(
+                f"ARGD mean ASR strictly below {other}'s",
+                a is not None and b is not None and a < b,
+                f"{pct(a)} vs {pct(b)}",
+            )
+    return checks
+
+
+# ------------------------------------------------------------------------------------------------ run
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.2f}"
+
+
+def _logger(prefix_time: float) -> Any:
+    def log(message: str) -> None:
+        print(f"[{time.perf_counter() - prefix_time:7.1f}s] {message}", flush=True)
+
+    return log
+
+
+def run_defense(config: DefenseConfig, memo: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run the whole benchmark and write the reports; returns the results dictionary.
+
+    `memo` (shared across calls by `argd bench tune`) maps a defence run's identity (victim, data sizes,
+    effective parameters; the teacher settings left out for plain fine-tuning, which has no teacher) to its
+    result row, and keeps the fine-tuned teachers, so a grid of settings never repeats an identical run.
+    """
+    started = time.perf_counter()
+    log = _logger(started)
+    validate(config)
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
+    device = resolve_device(config.device)
+    train, test, full_size, dataset = load_data(config)
+    spec = make_spec(config, train)
+    clean_size = config.clean_size or round(config.clean_fraction * full_size)
+    fingerprint = data_fingerprint(train)
+    log(
+        f"data {dataset}: {len(train)} training images (of {full_size}), {len(test)} test images, "
+        f"clean subset {clean_size}; {spec.architecture} on {device}"
+    )
+    config.cache_dir.mkdir(parents=True, exist_ok=True)
+
+    clean_victim = train_clean(
+        train,
+        spec,
+        config.backdoor,
+        seed=config.seed,
+        cache_dir=config.cache_dir,
+        fingerprint=fingerprint,
+        device=device,
+        amp=config.amp,
+        log=log,
+    )
+    clean_metrics = evaluate(clean_victim.model.to(device), spec, device, test=test)
+    clean_victim.model.to("cpu")
+    log(f"clean model: ACC {_pct(clean_metrics['acc'])} %{' (cached)' if clean_victim.cached else ''}")
+
+    levels = len(resolve_feature_layers(build_model(spec), spec))
+    shape: dict[str, Any] = {"spec": spec, "levels": levels}
+    params = {method: defence_params(config, method, **shape) for method in config.defences}
+    if config.reference:
+        params["argd-reference"] = defence_params(config, "argd", preset="reference", **shape)
+
+    results: dict[str, Any] = {
+        "settings": {
+            **{k: v for k, v in asdict(config).items() if k not in ("backdoor",)},
+            "backdoor_training": asdict(config.backdoor),
+            "dataset": dataset,
+            "train_images": len(train),
+            "full_train_images": full_size,
+            "test_images": len(test),
+            "clean_images": clean_size,
+            "spec": spec.model_dump(),
+            "device": str(device),
+            "device_name": device_description(device),
+            "threads": torch.get_num_threads(),
+            "params": {name: p.model_dump() for name, p in params.items()},
+            "teacher_sharing": "NAD and ARGD distil from one teacher per attack and teacher settings",
+            "versions": {
+                "argd": argd.__version__,
+                "torch": torch.__version__,
+                "python": platform.python_version(),
+            },
+        },
+        "clean_model": {**clean_metrics, "cached": clean_victim.cached, "cache_key": clean_victim.key},
+        "attacks": {},
+    }
+    ablation_rows: dict[str, dict[str, Any]] = {
+        name: {"description": ABLATIONS[name][0], "overrides": ABLATIONS[name][1], "attacks": {}}
+        for name in config.ablations
+    }
+
+    def defend(
+        name: str, p: CleanseParams, victim: Victim, clean: ImageData, teachers: TeacherCache, label: str
+    ) -> dict[str, Any]:
+        exclude = set(TEACHER_FIELDS) - {"seed", "batch_size", "amp"} if not p.needs_teacher else set()
+        key = f"{victim.key}|{len(clean)}|{len(test)}|{device}|{p.model_dump_json(exclude=exclude)}"
+        if memo is not None and key in memo:
+            log(f"{label} {name}: same run as before, result reused")
+            return copy.deepcopy(memo[key])
+        row = run_defence(name, p, victim, spec, clean, test, teachers, config, label, log)
+        if memo is not None:
+            memo[key] = copy.deepcopy(row)
+        return row
+
+    for attack in config.attacks:
+        label = f"[{attack}]"
+        victim = train_backdoored(
+            attack,
+            train,
+            test,
+            spec,
+            config.backdoor,
+            rate=config.poison_rate,
+            target=config.target,
+            seed=config.seed,
+            cache_dir=config.cache_dir,
+            fingerprint=fingerprint,
+            clean_model=lambda: copy.deepcopy(clean_victim.model),
+            device=device,
+            amp=config.amp,
+            log=log,
+        )
+        assert victim.eval_set is not None
+        before = evaluate(
+            victim.model.to(device),
+            spec,
+            device,
+            test=test,
+            poisoned=victim.eval_set,
+            target_label=config.target,
+        )
+        victim.model.to("cpu")
+        log(
+            f"{label} backdoored model: ACC {_pct(before['acc'])} % ASR {_pct(before['asr'])} %"
+            f"{' (cached)' if victim.cached else f' (trained in {victim.seconds:.0f}s)'}"
+        )
+        clean = clean_subset(train, victim.excluded_index, clean_size, config.seed)
+        teachers = TeacherCache(victim.model, spec, clean, device, log)
+        if memo is not None:  # one teacher cache per victim and clean subset across calls
+            teachers = memo.setdefault(f"teachers|{victim.key}|{len(clean)}|{device}", teachers)
+        row: dict[str, Any] = {
+            "backdoor": {
+                **before,
+                "cached": victim.cached,
+                "cache_key": victim.key,
+                "poisoned_images": int(victim.poisoned_index.numel())
+                if victim.poisoned_index is not None
+                else None,
+                "train_seconds": victim.meta.get("seconds"),
+                "eval_images": len(victim.eval_set),
+            },
+            "defences": {},
+        }
+        for name, p in params.items():
+            row["defences"][name] = defend(name, p, victim, clean, teachers, label)
+        results["attacks"][attack] = row
+        if attack in config.ablation_attacks:
+            for name, entry in ablation_rows.items():
+                variant = defence_params(config, "argd", **shape, **ABLATIONS[name][1])
+                entry["attacks"][attack] = defend(f"argd[{name}]", variant, victim, clean, teachers, label)
+        # Write after every attack so an interrupted run still leaves its finished rows.
+        partial = {**results, "ablations": ablation_rows, "checks": target_checks(results)}
+        write_defense_report(partial, config.out)
+
+    results["ablations"] = ablation_rows
+    results["checks"] = target_checks(results)
+    results["settings"]["total_seconds"] = time.perf_counter() - started
+    paths = write_defense_report(results, config.out)
+    log(f"done in {time.perf_counter() - started:.0f}s: " + ", ".join(str(p) for p in paths.values()))
+    return results

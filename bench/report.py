@@ -1,0 +1,226 @@
+"""Writing benchmark results: a Markdown table for people, JSON for machines, a PNG chart for the README.
+
+The result dictionary is produced by `bench.defense` / `bench.speed`; this module only formats it, so the
+same results can be re-rendered without re-running anything (`write_defense_report` is pure I/O).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+# Display names of the defence columns, in table order. Keys are the method ids used in the results.
+DEFENCE_LABELS: dict[str, str] = {
+    "finetune": "Fine-tuning",
+    "nad": "NAD",
+    "argd": "ARGD",
+    "argd-reference": "ARGD (reference preset)",
+}
+
+
+def _pct(value: float | None) -> str:
+    """A fraction as a percentage with two decimals; missing values as an en dash."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return f"{100.0 * value:.2f}"
+
+
+def _cell(metrics: dict[str, Any] | None) -> str:
+    if not metrics:
+        return "–"
+    return f"{_pct(metrics.get('acc'))} / {_pct(metrics.get('asr'))}"
+
+
+def defence_columns(results: dict[str, Any]) -> list[str]:
+    """The defences present in the results, in display order (known ones first, then any others)."""
+    seen: list[str] = []
+    for attack in results["attacks"].values():
+        for name in attack.get("defences", {}):
+            if name not in seen:
+                seen.append(name)
+    known = [name for name in DEFENCE_LABELS if name in seen]
+    return known + [name for name in seen if name not in DEFENCE_LABELS]
+
+
+def _mean(values: Sequence[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return sum(present) / len(present) if present else None
+
+
+def summarise(results: dict[str, Any]) -> dict[str, dict[str, float | None]]:
+    """Mean ACC, ASR and DER per defence (and for the backdoored models) over the attacks."""
+    attacks = list(results["attacks"].values())
+    summary: dict[str, dict[str, float | None]] = {
+        "before": {
+            "acc": _mean([a["backdoor"].get("acc") for a in attacks]),
+            "asr": _mean([a["backdoor"].get("asr") for a in attacks]),
+        }
+    }
+    for name in defence_columns(results):
+        rows = [a["defences"][name] for a in attacks if name in a.get("defences", {})]
+        summary[name] = {key: _mean([r.get(key) for r in rows]) for key in ("acc", "asr", "ra", "der")}
+    return summary
+
+
+def defense_markdown(results: dict[str, Any]) -> str:
+    """The main table: one row per attack, ACC / ASR before and after each defence, and ARGD's DER."""
+    columns = defence_columns(results)
+    head = ["Attack", "Before"] + [DEFENCE_LABELS.get(c, c) for c in columns] + ["DER (ARGD)"]
+    lines = [
+        "| " + " | ".join(head) + " |",
+        "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|",
+    ]
+    for attack, row in results["attacks"].items():
+        cells = [attack, _cell(row["backdoor"])]
+        cells += [_cell(row["defences"].get(c)) for c in columns]
+        cells.append(_pct(row["defences"].get("argd", {}).get("der")))
+        lines.append("| " + " | ".join(cells) + " |")
+    summary = summarise(results)
+    mean_cells = ["**mean**", _cell(summary["before"])]
+    mean_cells += [_cell(summary[c]) for c in columns]
+    mean_cells.append(_pct(summary.get("argd", {}).get("der")))
+    lines.append("| " + " | ".join(mean_cells) + " |")
+    text = "Cells are clean ACC / ASR in %.\n\n" + "\n".join(lines) + "\n"
+    clean = results.get("clean_model")
+    if clean:
+        text += f"\nClean model (no backdoor): ACC {_pct(clean.get('acc'))} %.\n"
+    ablations = results.get("ablations")
+    if ablations:
+        text += "\n" + ablation_markdown(ablations)
+    checks = results.get("checks")
+    if checks:
+        text += "\nTargets:\n\n" + "\n".join(
+            f"- [{'x' if c['passed'] else ' '}] {c['name']}: {c['detail']}" for c in checks
+        )
+        text += "\n"
+    return text
+
+
+def ablation_markdown(ablations: dict[str, Any]) -> str:
+    """One row per ARGD variant: ACC / ASR per attack and the means."""
+    attacks: list[str] = []
+    for variant in ablations.values():
+        for attack in variant["attacks"]:
+            if attack not in attacks:
+                attacks.append(attack)
+    head = ["Variant", *attacks, "mean ACC", "mean ASR"]
+    lines = [
+        "| " + " | ".join(head) + " |",
+        "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|",
+    ]
+    for name, variant in ablations.items():
+        per_attack = variant["attacks"]
+        cells = [f"{name}: {variant.get('description', '')}".rstrip(": ")]
+        cells += [_cell(per_attack.get(a)) for a in attacks]
+        cells.append(_pct(_mean([m.get("acc") for m in per_attack.values()])))
+        cells.append(_pct(_mean([m.get("asr") for m in per_attack.values()])))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "Ablations (ARGD variants; cells are ACC / ASR in %):\n\n" + "\n".join(lines) + "\n"
+
+
+def defense_chart(results: dict[str, Any], path: Path) -> None:
+    """Grouped bars: ASR (top) and ACC (bottom) per defence for every attack."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    attacks = list(results["attacks"])
+    series = ["before", *defence_columns(results)]
+    labels = {"before": "Backdoored", **DEFENCE_LABELS}
+    width = 0.8 / len(series)
+    fig, axes = plt.subplots(2, 1, figsize=(max(6.0, 1.3 * len(attacks) + 2.0), 6.5), sharex=True)
+    for ax, metric, title in ((axes[0], "asr", "ASR (%)"), (axes[1], "acc", "Clean ACC (%)")):
+        for k, name in enumerate(series):
+            values = []
+            for attack in attacks:
+                row = results["attacks"][attack]
+                metrics = row["backdoor"] if name == "before" else row["defences"].get(name, {})
+                value = metrics.get(metric)
+                values.append(100.0 * value if value is not None else 0.0)
+            xs = [i + (k - (len(series) - 1) / 2) * width for i in range(len(attacks))]
+            ax.bar(xs, values, width=width, label=labels.get(name, name))
+        ax.set_ylabel(title)
+        ax.set_ylim(0, 105)
+        ax.grid(axis="y", alpha=0.3)
+    clean = results.get("clean_model", {}).get("acc")
+    if clean is not None:
+        axes[1].axhline(100.0 * clean, color="black", linestyle="--", linewidth=0.8, label="Clean model")
+    axes[1].set_xticks(range(len(attacks)), attacks)
+    handles, names = axes[1].get_legend_handles_labels()
+    fig.legend(handles, names, loc="upper center", ncols=min(len(names), 6), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0, 1, 0.94))
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "item"):
+        return value.item()
+    raise TypeError(f"not JSON-serialisable: {type(value).__name__}")
+
+
+def write_json(data: dict[str, Any], path: Path) -> None:
+    """Indented, key-order-preserving JSON (NaN is written as null so that strict parsers accept it)."""
+
+    def clean(value: Any) -> Any:
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        if isinstance(value, dict):
+            return {str(k): clean(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [clean(v) for v in value]
+        return value
+
+    path.write_text(json.dumps(clean(data), indent=2, default=_json_default) + "\n")
+
+
+def write_defense_report(results: dict[str, Any], out: Path) -> dict[str, Path]:
+    """Write `defense.md`, `defense.json` and `defense.png` into `out`; returns their paths."""
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"markdown": out / "defense.md", "json": out / "defense.json", "chart": out / "defense.png"}
+    results = {**results, "summary": summarise(results)}
+    paths["markdown"].write_text(defense_markdown(results))
+    write_json(results, paths["json"])
+    defense_chart(results, paths["chart"])
+    return paths
+
+
+def speed_markdown(results: dict[str, Any]) -> str:
+    """Seconds per epoch, images per second and the ratio to the bare passes, one row per method."""
+    rows = results["methods"]
+    bare = rows.get("bare", {}).get("seconds_per_epoch")
+    lines = [
+        "| Method | s / epoch | images / s | × bare passes | × fine-tuning |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    finetune = rows.get("finetune", {}).get("seconds_per_epoch")
+    for name, row in rows.items():
+        sec = row["seconds_per_epoch"]
+        ratio_bare = f"{sec / bare:.2f}" if bare else "–"
+        ratio_ft = f"{sec / finetune:.2f}" if finetune else "–"
+        label = (
+            "bare passes (student fwd+bwd, teacher fwd)" if name == "bare" else DEFENCE_LABELS.get(name, name)
+        )
+        lines.append(f"| {label} | {sec:.3f} | {row['images_per_second']:.0f} | {ratio_bare} | {ratio_ft} |")
+    s = results["settings"]
+    head = (
+        f"Device: {s['device']} ({s.get('device_name', '')}), {s['architecture']}, "
+        f"{s['images']} images/epoch, batch {s['batch_size']}, median of {s['repeats']} epochs"
+        f"{', AMP' if s.get('amp') else ''}, threads {s.get('threads')}.\n\n"
+    )
+    return head + "\n".join(lines) + "\n"
+
+
+def write_speed_report(results: dict[str, Any], out: Path) -> dict[str, Path]:
+    """Write `speed.md` and `speed.json` into `out`; returns their paths."""
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"markdown": out / "speed.md", "json": out / "speed.json"}
+    paths["markdown"].write_text(speed_markdown(results))
+    write_json(results, paths["json"])
+    return paths

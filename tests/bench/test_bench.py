@@ -1,0 +1,177 @@
+"""`argd bench defense` and `argd bench speed` end to end at tiny sizes: the reports exist and hold the rows.
+
+The defence run goes through `bench.cli.main` exactly as `argd bench defense` does, on real Fashion-MNIST
+(skipped where the Debian package is missing) and on a synthetic dataset in the project's .npz format with
+another architecture, so both data paths and the cache are exercised.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from argd.core.data import ImageData, save_npz
+from bench.cli import DEFAULT_DATA_ROOT, main
+from bench.defense import ABLATIONS, DefenseConfig, clean_subset, defence_params
+
+HAVE_FMNIST = (DEFAULT_DATA_ROOT / "train-images-idx3-ubyte.gz").is_file()
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+TINY = [
+    "--train-size", "600",
+    "--test-size", "200",
+    "--clean-size", "96",
+    "--backdoor-epochs", "1",
+    "--epochs", "1",
+    "--teacher-epochs", "1",
+]  # fmt: skip
+
+
+def _read(out: Path) -> tuple[str, dict]:
+    for name in ("defense.md", "defense.json", "defense.png"):
+        assert (out / name).is_file(), f"{name} missing"
+    assert (out / "defense.png").read_bytes()[:8] == PNG_MAGIC
+    return (out / "defense.md").read_text(), json.loads((out / "defense.json").read_text())
+
+
+@pytest.mark.skipif(not HAVE_FMNIST, reason="Fashion-MNIST (dataset-fashion-mnist) not installed")
+def test_defense_end_to_end_on_fashion_mnist(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out, cache = tmp_path / "results", tmp_path / "cache"
+    argv = ["defense", *TINY, "--attacks", "badnets", "--out", str(out), "--cache-dir", str(cache)]
+    code = main(
+        [*argv, "--reference", "--ablations", "no-edge,uniform-beta", "--ablation-attacks", "badnets"]
+    )
+    assert code == 0
+    markdown, results = _read(out)
+
+    assert list(results["attacks"]) == ["badnets"]
+    row = results["attacks"]["badnets"]
+    assert set(row["defences"]) == {"finetune", "nad", "argd", "argd-reference"}
+    assert row["backdoor"]["cached"] is False
+    assert row["backdoor"]["poisoned_images"] == 60  # 10 % of 600
+    assert 100 < row["backdoor"]["eval_images"] < 200  # the non-target images of the 200 test images
+    for name, metrics in row["defences"].items():
+        for key in ("acc", "asr", "der"):
+            assert 0.0 <= metrics[key] <= 1.0, (name, key, metrics[key])
+    # Fine-tuning is the same schedule with every distillation weight at zero.
+    ft, argd_params = row["defences"]["finetune"]["params"], row["defences"]["argd"]["params"]
+    assert ft["method"] == "finetune" and argd_params["method"] == "argd"
+    assert {k: ft[k] for k in ("lr", "lr_schedule", "epochs", "seed")} == {
+        k: argd_params[k] for k in ("lr", "lr_schedule", "epochs", "seed")
+    }
+    assert row["defences"]["argd-reference"]["params"]["lr_schedule"] == "step"
+    # ARGD's term magnitudes are recorded beside the cross-entropy.
+    assert set(row["defences"]["argd"]["term_scales"]["first_epoch"]) == {"ce", "node", "edge", "emb"}
+    assert row["defences"]["nad"]["term_scales"]["first_epoch"]["edge"] == 0.0
+    # Ablations: each requested variant has a badnets entry with its override applied.
+    assert set(results["ablations"]) == {"no-edge", "uniform-beta"}
+    assert results["ablations"]["no-edge"]["attacks"]["badnets"]["params"]["w_edge"] == 0.0
+    beta = results["ablations"]["uniform-beta"]["attacks"]["badnets"]["params"]["beta"]
+    assert len(set(beta)) == 1 and beta[0] == pytest.approx(3000.0)
+    assert results["clean_model"]["acc"] is not None
+    assert any(c["name"].startswith("ARGD ASR <= 5 %") for c in results["checks"])
+    assert results["settings"]["clean_images"] == 96
+
+    assert "| badnets |" in markdown and "| **mean** |" in markdown
+    assert "ARGD (reference preset)" in markdown and "no-edge" in markdown
+    printed = capsys.readouterr().out
+    assert "[badnets] backdoored model" in printed and "[badnets] argd:" in printed
+
+    # A rerun with the same settings loads the backdoored model from the cache instead of training it.
+    code = main([*argv, "--no-reference", "--ablations", "none"])
+    assert code == 0
+    _, again = _read(out)
+    assert again["attacks"]["badnets"]["backdoor"]["cached"] is True
+    assert again["attacks"]["badnets"]["backdoor"]["asr"] == row["backdoor"]["asr"]
+    assert set(again["attacks"]["badnets"]["defences"]) == {"finetune", "nad", "argd"}
+
+
+def _synthetic(count: int, seed: int) -> ImageData:
+    """Three colour classes of 16x16 images told apart by a bright bar's position."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(count) % 3
+    x = torch.rand(count, 3, 16, 16, generator=g) * 0.4
+    x[y == 0, :, 3:5, 2:14] += 0.6
+    x[y == 1, :, 2:14, 3:5] += 0.6
+    x[y == 2, :, 10:12, 2:14] += 0.6
+    return ImageData((x.clamp(0, 1) * 255).to(torch.uint8), y)
+
+
+def test_defense_on_npz_dataset_with_another_architecture(tmp_path: Path) -> None:
+    train, test = tmp_path / "train.npz", tmp_path / "test.npz"
+    save_npz(_synthetic(300, 1), train)
+    save_npz(_synthetic(90, 2), test)
+    out = tmp_path / "out"
+    argv = [
+        "defense", "--train-npz", str(train), "--test-npz", str(test), "--architecture", "small-cnn",
+        "--attacks", "blend", "--clean-size", "60", "--backdoor-epochs", "1", "--epochs", "1",
+        "--teacher-epochs", "1", "--reference", "--ablations", "none", "--out", str(out),
+        "--cache-dir", str(tmp_path / "cache"),
+    ]  # fmt: skip
+    code = main(argv)
+    assert code == 0
+    _, results = _read(out)
+    assert results["settings"]["dataset"] == "train.npz"
+    assert results["settings"]["spec"]["in_channels"] == 3
+    assert results["settings"]["spec"]["image_size"] == 16
+    assert results["settings"]["spec"]["num_classes"] == 3
+    assert set(results["attacks"]["blend"]["defences"]) == {"finetune", "nad", "argd", "argd-reference"}
+
+
+def test_bad_input_is_refused_with_a_clear_message(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["defense", "--attacks", "badnets,nosuch", "--out", str(tmp_path)]) == 2
+    assert "nosuch" in capsys.readouterr().err
+    assert main(["defense", "--ablations", "bogus", "--out", str(tmp_path)]) == 2
+    assert "bogus" in capsys.readouterr().err
+    assert main(["defense", "--defences", "argd,magic", "--out", str(tmp_path)]) == 2
+    assert "magic" in capsys.readouterr().err
+    assert main(["defense", "--set", "lr=-1", "--out", str(tmp_path)]) == 2
+    assert "lr" in capsys.readouterr().err
+    assert main(["defense", "--test-npz", str(tmp_path / "t.npz")]) == 2
+    assert "--train-npz" in capsys.readouterr().err
+    assert not (tmp_path / "defense.json").exists()
+
+
+def test_clean_subset_avoids_poisoned_images() -> None:
+    data = ImageData(torch.zeros(50, 1, 4, 4, dtype=torch.uint8), torch.arange(50) % 5)
+    excluded = torch.arange(0, 50, 2)
+    subset_index = clean_subset(ImageData(data.x, torch.arange(50)), excluded, 20, seed=3).y
+    assert len(subset_index) == 20 and not set(subset_index.tolist()) & set(excluded.tolist())
+    with pytest.raises(Exception, match="only 25 untouched"):
+        clean_subset(data, excluded, 26, seed=3)
+
+
+def test_ablation_overrides_apply_to_argd_params() -> None:
+    config = DefenseConfig(epochs=4, teacher_epochs=2)
+    base = defence_params(config, "argd", levels=3)
+    half = defence_params(config, "argd", levels=3, **ABLATIONS["node-x0.5"][1])
+    frozen = defence_params(config, "argd", levels=3, **ABLATIONS["frozen-embedding"][1])
+    assert half.w_node == pytest.approx(base.w_node / 2)
+    assert frozen.embedding_trainable is False and base.embedding_trainable is True
+    assert base.epochs == 4 and base.teacher_epochs == 2
+    ft = defence_params(config, "finetune", levels=3)
+    assert ft.effective_weights() == {"node": 0.0, "edge": 0.0, "emb": 0.0}
+    assert (ft.lr, ft.lr_schedule, ft.epochs) == (base.lr, base.lr_schedule, base.epochs)
+
+
+def test_speed_quick_reports_every_method(tmp_path: Path) -> None:
+    out = tmp_path / "speed"
+    args = ["speed", "--quick", "--images", "128", "--repeats", "1", "--out", str(out)]
+    if not HAVE_FMNIST:
+        path = tmp_path / "train.npz"
+        save_npz(_synthetic(200, 5), path)
+        args += ["--train-npz", str(path)]
+    assert main(args) == 0
+    results = json.loads((out / "speed.json").read_text())
+    assert list(results["methods"]) == ["bare", "finetune", "nad", "argd"]
+    for row in results["methods"].values():
+        assert row["seconds_per_epoch"] > 0 and row["images_per_second"] > 0
+        assert len(row["epoch_seconds"]) == 1
+    assert results["methods"]["bare"]["ratio_to_bare"] == pytest.approx(1.0)
+    markdown = (out / "speed.md").read_text()
+    assert "bare passes" in markdown and "| ARGD |" in markdown
