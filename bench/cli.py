@@ -20,7 +20,8 @@ def _csv(value: str) -> list[str]:
     return items
 
 
-def _positive_int(value: str) -> int:
+def positive_int(value: str) -> int:
+    """An argparse type: a whole number above zero (also what the service benchmarks' flags take)."""
     number = int(value)
     if number <= 0:
         raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
@@ -49,15 +50,15 @@ def _add_common(p: argparse.ArgumentParser) -> None:
         "--test-npz", type=Path, help="test set in the project's .npz format; needs --train-npz"
     )
     data.add_argument(
-        "--train-size", type=_positive_int, help="use a seeded subset of this many training images"
+        "--train-size", type=positive_int, help="use a seeded subset of this many training images"
     )
-    data.add_argument("--test-size", type=_positive_int, help="use a seeded subset of this many test images")
+    data.add_argument("--test-size", type=positive_int, help="use a seeded subset of this many test images")
     p.add_argument(
         "--architecture", default="wrn-16-1", help="registry id of the network (default: %(default)s)"
     )
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: %(default)s)")
     p.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "off"], help="mixed precision")
-    p.add_argument("--threads", type=_positive_int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--threads", type=positive_int, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, help="results folder")
     p.add_argument("--quick", action="store_true", help="small smoke-test version (minutes on 2 CPU cores)")
@@ -77,9 +78,9 @@ def _add_defense_options(d: argparse.ArgumentParser) -> None:
         help="clean subset size as a fraction of the full training split (default: %(default)s)",
     )
     d.add_argument(
-        "--clean-size", type=_positive_int, help="clean subset size in images (overrides the fraction)"
+        "--clean-size", type=positive_int, help="clean subset size in images (overrides the fraction)"
     )
-    d.add_argument("--backdoor-epochs", type=_positive_int, help="epochs of backdoored/clean model training")
+    d.add_argument("--backdoor-epochs", type=positive_int, help="epochs of backdoored/clean model training")
     d.add_argument("--backdoor-lr", type=float, help="peak learning rate of backdoored model training")
     d.add_argument(
         "--defences",
@@ -90,10 +91,10 @@ def _add_defense_options(d: argparse.ArgumentParser) -> None:
         "--preset", default="default", help="CleanseParams preset of all defences (default|reference)"
     )
     d.add_argument(
-        "--epochs", type=_positive_int, help="distillation epochs of every defence (overrides preset)"
+        "--epochs", type=positive_int, help="distillation epochs of every defence (overrides preset)"
     )
     d.add_argument(
-        "--teacher-epochs", type=_positive_int, help="teacher fine-tuning epochs (overrides preset)"
+        "--teacher-epochs", type=positive_int, help="teacher fine-tuning epochs (overrides preset)"
     )
     d.add_argument(
         "--reference",
@@ -149,9 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
         "synchronisation on CUDA, and report seconds per epoch, images per second and the ratios.",
     )
     _add_common(s)
-    s.add_argument("--images", type=_positive_int, help="images per epoch (default: 3000, quick: 512)")
-    s.add_argument("--batch-size", type=_positive_int, help="batch size (default: the preset's)")
-    s.add_argument("--repeats", type=_positive_int, help="timed epochs per method (default: 5, quick: 2)")
+    s.add_argument("--images", type=positive_int, help="images per epoch (default: 3000, quick: 512)")
+    s.add_argument("--batch-size", type=positive_int, help="batch size (default: the preset's)")
+    s.add_argument("--repeats", type=positive_int, help="timed epochs per method (default: 5, quick: 2)")
     s.add_argument("--preset", default="default", help="CleanseParams preset (default|reference)")
 
     from bench.service import add_subcommands  # the service benchmarks: api-latency, upload-memory

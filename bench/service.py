@@ -31,10 +31,7 @@ import os
 import platform
 import random
 import shutil
-import signal
-import socket
 import struct
-import subprocess
 import sys
 import tempfile
 import threading
@@ -52,11 +49,13 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from argd.core.params import CleanseParams
+from argd.devserver import ServerProcess
 from argd.persistence import keys
 from argd.persistence.db import dispose_engines, get_sessionmaker
 from argd.persistence.migrate import upgrade
 from argd.persistence.models import Artifact, Dataset, Job, JobEvent, Model
 from argd.persistence.settings import Settings
+from bench.cli import positive_int
 
 DEFAULT_ADMIN_URL = os.environ.get(
     "ARGD_BENCH_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -123,89 +122,15 @@ def _server_version(url: str) -> str:
 # --- the API server -------------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class ApiServer:
-    """`uvicorn --factory argd.api.app:create_app` on 127.0.0.1 in its own process group, log to a file."""
-
-    def __init__(self, env: dict[str, str], log_path: Path, workers: int = 1):
-        self.env = env
-        self.log_path = log_path
-        self.workers = workers
-        self.port = 0
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def pid(self) -> int:
-        if self.process is None:
-            raise RuntimeError("the server is not started")
-        return self.process.pid
-
-    def __enter__(self) -> ApiServer:
-        self.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.stop()
-
-    def start(self) -> None:
-        env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1"}
-        for _attempt in range(3):  # the free port may be taken between choosing and binding it
-            self.port = _free_port()
-            command = [
-                sys.executable, "-m", "uvicorn", "--factory", "argd.api.app:create_app",
-                "--host", "127.0.0.1", "--port", str(self.port),
-                "--workers", str(self.workers), "--log-level", "warning", "--no-access-log",
-            ]  # fmt: skip
-            with open(self.log_path, "ab") as log:
-                self.process = subprocess.Popen(
-                    command,
-                    env=env,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                    cwd=REPO_ROOT,
-                )
-            if self._wait_ready():
-                return
-            self.stop()
-        raise RuntimeError(f"the API server did not start; its log ends with:\n{self.log_tail()}")
-
-    def _wait_ready(self) -> bool:
-        assert self.process is not None
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                return False
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"{self.base_url}/healthz", timeout=2).status_code == 200:
-                    return True
-            time.sleep(0.1)
-        return False
-
-    def stop(self, timeout: float = 15.0) -> None:
-        """SIGTERM to the whole group (graceful), SIGKILL if it does not stop in time."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=15)
-
-    def log_tail(self, chars: int = 4000) -> str:
-        return self.log_path.read_text(errors="replace")[-chars:] if self.log_path.exists() else ""
+def api_server(env: dict[str, str], log_path: Path, workers: int = 1) -> ServerProcess:
+    """The API under test: uvicorn with `workers` worker processes, no access log, on this repository."""
+    return ServerProcess(
+        {**os.environ, **env},
+        log_path,
+        extra_args=["--workers", str(workers), "--no-access-log"],
+        ready_timeout_s=READY_TIMEOUT_S,
+        cwd=REPO_ROOT,
+    )
 
 
 def process_tree(pid: int) -> list[int]:
@@ -640,7 +565,7 @@ def run_latency(
         assignments = [
             (seeded["keys"][names[i % tenants]], seeded["jobs"][names[i % tenants]]) for i in range(clients)
         ]
-        with ApiServer(env, Path(scratch) / "api-server.log", workers=server_workers) as server:
+        with api_server(env, Path(scratch) / "api-server.log", workers=server_workers) as server:
             outcomes, wall_s = asyncio.run(
                 _load(
                     server.base_url, assignments, warmup=warmup_per_client, requests=requests_per_client,
@@ -836,7 +761,7 @@ def _leftovers(data_dir: Path) -> list[str]:
 
 
 def _upload_once(
-    server: ApiServer, api_key: str, body: UploadBody, data_dir: Path, interval_s: float, timeout_s: float
+    server: ServerProcess, api_key: str, body: UploadBody, data_dir: Path, interval_s: float, timeout_s: float
 ) -> dict[str, Any]:
     """One streamed upload while sampling the server's memory; the memory and disk figures of that upload."""
     pids = process_tree(server.pid)
@@ -949,7 +874,7 @@ def run_upload_memory(
             dispose_engines()
             limit = max(body.file_size for body in bodies) + MIB
             env = _server_env(settings, max_upload_bytes=limit)
-            server = stack.enter_context(ApiServer(env, scratch / "api-server.log"))
+            server = stack.enter_context(api_server(env, scratch / "api-server.log"))
             after_start = sum(read_memory(p).get("VmRSS", 0) for p in process_tree(server.pid))
             warmup = _upload_once(
                 server, api_key, UploadBody(MIB, payload, seed), data_dir, sample_interval_s, upload_timeout_s
@@ -999,13 +924,6 @@ def run_upload_memory(
 # --- command line ---------------------------------------------------------------------------------------
 
 
-def _positive_int(value: str) -> int:
-    number = int(value)
-    if number <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
-    return number
-
-
 def _positive_float(value: str) -> float:
     number = float(value)
     if number <= 0:
@@ -1016,21 +934,21 @@ def _positive_float(value: str) -> float:
 def add_latency_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of the latency benchmark (`argd bench api-latency`, `python -m bench.service latency`)."""
     parser.add_argument(
-        "--clients", type=_positive_int, default=16, help="concurrent clients (default: %(default)s)"
+        "--clients", type=positive_int, default=16, help="concurrent clients (default: %(default)s)"
     )
     parser.add_argument(
-        "--requests", type=_positive_int, default=500, help="timed requests per client (default: %(default)s)"
+        "--requests", type=positive_int, default=500, help="timed requests per client (default: %(default)s)"
     )
     parser.add_argument(
         "--warmup", type=int, default=20, help="untimed requests per client first (default: %(default)s)"
     )
-    parser.add_argument("--jobs", type=_positive_int, default=1000, help="jobs seeded (default: %(default)s)")
+    parser.add_argument("--jobs", type=positive_int, default=1000, help="jobs seeded (default: %(default)s)")
     parser.add_argument(
-        "--tenants", type=_positive_int, default=4, help="tenants the jobs belong to (default: %(default)s)"
+        "--tenants", type=positive_int, default=4, help="tenants the jobs belong to (default: %(default)s)"
     )
     parser.add_argument(
         "--server-workers",
-        type=_positive_int,
+        type=positive_int,
         default=1,
         help="uvicorn worker processes (default: %(default)s)",
     )

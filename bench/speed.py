@@ -94,14 +94,7 @@ class BareTrainer(Trainer):
             with torch.no_grad():
                 self.bare_teacher(x)
             loss = F.cross_entropy(logits.float(), y)
-        if self.scaler is not None:
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            loss.backward()
-            self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        self._optimise(loss)
         detached = loss.detach()
         zero = detached.new_zeros(())
         return torch.stack([detached, zero, zero, zero, detached])

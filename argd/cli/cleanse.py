@@ -17,9 +17,12 @@ from argd.cli.common import (
     CliError,
     existing_file,
     float_list,
+    given,
     info,
+    json_object_file,
     percent,
-    read_json_file,
+    preset_params,
+    validation_message,
 )
 
 MODEL_FILE = "model.safetensors"
@@ -175,12 +178,7 @@ def build_spec(args: argparse.Namespace, check_architecture: bool = True) -> Any
 
     from argd.core.spec import ModelSpec
 
-    data: dict[str, Any] = {}
-    if args.spec:
-        loaded = read_json_file(args.spec, "--spec")
-        if not isinstance(loaded, dict):
-            raise CliError(f"--spec: {args.spec} must hold a JSON object")
-        data.update(loaded)
+    data = json_object_file(args.spec, "--spec")
     flags = {
         "architecture": args.architecture,
         "num_classes": args.num_classes,
@@ -189,7 +187,7 @@ def build_spec(args: argparse.Namespace, check_architecture: bool = True) -> Any
         "mean": args.mean,
         "std": args.std,
     }
-    data.update({k: v for k, v in flags.items() if v is not None})
+    data.update(given(flags))
     if args.arch_kwargs:
         try:
             data["arch_kwargs"] = json.loads(args.arch_kwargs)
@@ -215,16 +213,7 @@ def build_spec(args: argparse.Namespace, check_architecture: bool = True) -> Any
 
 def build_params(args: argparse.Namespace) -> Any:
     """CleanseParams: the preset, overlaid by the --params file, overlaid by the flags."""
-    from pydantic import ValidationError
-
-    from argd.core.params import CleanseParams
-
-    overrides: dict[str, Any] = {}
-    if args.params:
-        loaded = read_json_file(args.params, "--params")
-        if not isinstance(loaded, dict):
-            raise CliError(f"--params: {args.params} must hold a JSON object of parameters")
-        overrides.update(loaded)
+    overrides = json_object_file(args.params, "--params", "a JSON object of parameters")
     flags = {
         "method": args.method,
         "epochs": args.epochs,
@@ -234,22 +223,8 @@ def build_params(args: argparse.Namespace) -> Any:
         "seed": args.seed,
         "num_threads": args.threads,
     }
-    overrides.update({k: v for k, v in flags.items() if v is not None})
-    try:
-        return CleanseParams.preset(args.preset, **overrides)
-    except ValidationError as exc:
-        raise CliError(f"invalid parameters: {validation_message(exc)}") from None
-    except ValueError as exc:
-        raise CliError(f"invalid parameters: {exc}") from None
-
-
-def validation_message(exc: Any) -> str:
-    """pydantic's errors as `field: message; field: message` on one line."""
-    parts = []
-    for error in exc.errors():
-        where = ".".join(str(p) for p in error.get("loc", ())) or "value"
-        parts.append(f"{where}: {error.get('msg', 'invalid')}")
-    return "; ".join(parts)
+    overrides.update(given(flags))
+    return preset_params(args.preset, overrides)
 
 
 def summary_table(metrics: dict[str, Any]) -> str:

@@ -14,16 +14,18 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from argd.cli.cleanse import add_spec_arguments, build_spec, summary_table, validation_message
+from argd.cli.cleanse import add_spec_arguments, build_spec, summary_table
 from argd.cli.common import (
     EXIT_FAILURE,
     EXIT_OK,
     ArgumentParser,
     CliError,
     existing_file,
+    given,
     info,
+    json_object_file,
+    preset_params,
     print_json,
-    read_json_file,
 )
 
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -184,29 +186,15 @@ def submit_params(args: argparse.Namespace) -> dict[str, Any] | None:
 
     Checked here against CleanseParams so a typo fails before any upload.
     """
-    from pydantic import ValidationError
-
-    from argd.core.params import CleanseParams
-
-    overrides: dict[str, Any] = {}
-    if args.params:
-        loaded = read_json_file(args.params, "--params")
-        if not isinstance(loaded, dict):
-            raise CliError(f"--params: {args.params} must hold a JSON object of parameters")
-        overrides.update(loaded)
+    overrides = json_object_file(args.params, "--params", "a JSON object of parameters")
     flags = {
         "epochs": args.epochs,
         "teacher_epochs": args.teacher_epochs,
         "seed": args.seed,
         "method": args.method,
     }
-    overrides.update({k: v for k, v in flags.items() if v is not None})
-    try:
-        full = CleanseParams.preset(args.preset or "default", **overrides)
-    except ValidationError as exc:
-        raise CliError(f"invalid parameters: {validation_message(exc)}") from None
-    except ValueError as exc:
-        raise CliError(f"invalid parameters: {exc}") from None
+    overrides.update(given(flags))
+    full = preset_params(args.preset or "default", overrides)
     if args.preset:
         return full.model_dump(mode="json")
     return overrides or None

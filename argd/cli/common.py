@@ -64,6 +64,46 @@ def read_json_file(path: Path, what: str) -> Any:
         raise CliError(f"{what}: {path} is not valid JSON: {exc}") from None
 
 
+def json_object_file(path: Path | None, flag: str, holds: str = "a JSON object") -> dict[str, Any]:
+    """The JSON object in the file a flag such as --spec names ({} when none was given); a CliError
+    naming the flag and the file when it holds anything else."""
+    if not path:
+        return {}
+    loaded = read_json_file(path, flag)
+    if not isinstance(loaded, dict):
+        raise CliError(f"{flag}: {path} must hold {holds}")
+    return loaded
+
+
+def given(flags: dict[str, Any]) -> dict[str, Any]:
+    """The flags the user set: argparse leaves the others None, and they must not override a file."""
+    return {name: value for name, value in flags.items() if value is not None}
+
+
+def validation_message(exc: Any) -> str:
+    """pydantic's errors as `field: message; field: message` on one line."""
+    parts = []
+    for error in exc.errors():
+        where = ".".join(str(p) for p in error.get("loc", ())) or "value"
+        parts.append(f"{where}: {error.get('msg', 'invalid')}")
+    return "; ".join(parts)
+
+
+def preset_params(preset: str, overrides: dict[str, Any]) -> Any:
+    """`CleanseParams.preset(preset, **overrides)`, any problem as one CliError line (imported lazily:
+    a client command needs no torch)."""
+    from pydantic import ValidationError
+
+    from argd.core.params import CleanseParams
+
+    try:
+        return CleanseParams.preset(preset, **overrides)
+    except ValidationError as exc:
+        raise CliError(f"invalid parameters: {validation_message(exc)}") from None
+    except ValueError as exc:
+        raise CliError(f"invalid parameters: {exc}") from None
+
+
 def print_json(data: Any) -> None:
     """Machine-readable output for `--json`: stable key order, one document on stdout."""
     json.dump(data, sys.stdout, indent=2, sort_keys=True, default=str)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import socket
 import subprocess
 import sys
 import tempfile
@@ -297,24 +296,28 @@ def backdoored_model(config: DemoConfig, cache_dir: Path, quiet: bool = False) -
 # ------------------------------------------------------------------------------------------------- service
 
 
-def free_port() -> int:
-    """A TCP port free on loopback right now (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 class EmbeddedService:
     """`argd serve` as a child process on a private data directory, with an API key made for it."""
 
     def __init__(self, data_dir: Path, port: int = 0, *, extra_env: dict[str, str] | None = None):
+        from argd.devserver import ARGD_SERVE, ServerProcess  # httpx: only when a service is started
+
         self.data_dir = data_dir
-        self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = data_dir / "serve.log"
         self.extra_env = extra_env or {}
         self.api_key = ""
-        self.process: subprocess.Popen[bytes] | None = None
+        self.server = ServerProcess(
+            self.environment(),
+            data_dir / "serve.log",
+            program=ARGD_SERVE,
+            port=port,
+            ready_path="/readyz",
+            ready_timeout_s=SERVER_START_TIMEOUT_S,
+        )
+
+    @property
+    def url(self) -> str:
+        """The service's base URL (its port is known once started)."""
+        return self.server.base_url
 
     def environment(self) -> dict[str, str]:
         """Embedded defaults whatever the caller's shell exports (no external database or broker)."""
@@ -329,72 +332,31 @@ class EmbeddedService:
 
     def start(self) -> EmbeddedService:
         """Migrate and make a key (short `argd` runs), then start `argd serve` and wait until it is ready."""
+        from argd.devserver import ServerStartError
+
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        env = self.environment()
         argd = [sys.executable, "-m", "argd.cli"]
-        self._run([*argd, "migrate"], env)
-        self.api_key = self._run([*argd, "keys", "create", "--tenant", "demo"], env).strip().splitlines()[-1]
-        log = self.log_path.open("ab")
-        self.process = subprocess.Popen(
-            [
-                *argd,
-                "serve",
-                "--no-migrate",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--log-level",
-                "warning",
-            ],
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        log.close()
+        self._run([*argd, "migrate"])
+        self.api_key = self._run([*argd, "keys", "create", "--tenant", "demo"]).strip().splitlines()[-1]
         try:
-            self._wait_ready()
-        except BaseException:
-            self.stop()
-            raise
+            self.server.start()
+        except ServerStartError as exc:
+            raise CliError(str(exc), EXIT_FAILURE) from None
         return self
 
-    def _run(self, command: list[str], env: dict[str, str]) -> str:
-        done = subprocess.run(command, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    def _run(self, command: list[str]) -> str:
+        done = subprocess.run(
+            command, env=self.server.env, capture_output=True, text=True, stdin=subprocess.DEVNULL
+        )
         if done.returncode != 0:
             raise CliError(f"'{' '.join(command[2:])}' failed: {done.stderr.strip()[-500:]}", EXIT_FAILURE)
         return done.stdout
 
-    def _wait_ready(self) -> None:
-        from argd.client import ArgdClient, ArgdClientError
-
-        deadline = time.monotonic() + SERVER_START_TIMEOUT_S
-        with ArgdClient(self.url, self.api_key, timeout=5) as client:
-            while time.monotonic() < deadline:
-                if self.process is not None and self.process.poll() is not None:
-                    raise CliError(f"the service exited at start:\n{self.log_tail()}", EXIT_FAILURE)
-                try:
-                    client.ready()
-                    return
-                except ArgdClientError:
-                    time.sleep(0.3)
-        raise CliError(
-            f"the service was not ready after {SERVER_START_TIMEOUT_S:.0f}s:\n{self.log_tail()}", EXIT_FAILURE
-        )
-
-    def log_tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
+    def log_tail(self) -> str:
+        return self.server.log_tail(3000) or "(no log)"
 
     def stop(self) -> None:
-        from argd.cli.serve import stop_process
-
-        if self.process is not None:
-            stop_process(self.process)
-            self.process = None
+        self.server.stop()
 
     def __enter__(self) -> EmbeddedService:
         return self.start()

@@ -378,6 +378,15 @@ class Trainer:
             else:
                 loss = ce
                 values = torch.stack([ce, ce.new_zeros(()), ce.new_zeros(()), ce.new_zeros(()), loss])
+        self._optimise(loss)
+        if student_tap is not None and teacher_tap is not None:
+            student_tap.clear()
+            teacher_tap.clear()
+        return values.detach()
+
+    def _optimise(self, loss: torch.Tensor) -> None:
+        """Backpropagate `loss` and take one optimiser step (through the AMP grad scaler when there is one),
+        leaving the gradients cleared for the next batch."""
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
@@ -386,7 +395,3 @@ class Trainer:
             loss.backward()
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        if student_tap is not None and teacher_tap is not None:
-            student_tap.clear()
-            teacher_tap.clear()
-        return values.detach()

@@ -294,44 +294,16 @@ def claim_job(
     claimable = or_(Job.status == "queued", and_(Job.status == "running", Job.heartbeat_at < cutoff))
     try:
         checkpoint = job.checkpoint_sha256
-        overtime = (
-            time_limit_s is not None
-            and job.status == "running"
-            and job.attempt_started_at is not None
-            and now - job.attempt_started_at >= timedelta(seconds=time_limit_s)
+        # Only a running attempt can have run past the limit (a queued job's start time is an old attempt's).
+        ending = _lost_attempt_ending(
+            job, now, time_limit_s if job.status == "running" else None, max_attempts
         )
-        if overtime and not job.cancel_requested:
-            assert time_limit_s is not None
-            job = _finish(
-                session,
-                job,
-                "failed",
-                extra=claimable,
-                now=now,
-                error_code="timed_out",
-                error_message=timed_out_message(time_limit_s),
-            )
+        if ending is not None:
+            outcome, status, error = ending
+            job = _finish(session, job, status, extra=claimable, now=now, **error)
             if store is not None:
                 release_artifacts(session, store, [checkpoint])
-            return Claim("timed_out", job)
-        if job.cancel_requested:
-            job = _finish(session, job, "canceled", extra=claimable, now=now)
-            if store is not None:
-                release_artifacts(session, store, [checkpoint])
-            return Claim("canceled", job)
-        if job.attempts >= max_attempts:
-            job = _finish(
-                session,
-                job,
-                "failed",
-                extra=claimable,
-                now=now,
-                error_code="worker_lost",
-                error_message=worker_lost_message(job.attempts),
-            )
-            if store is not None:
-                release_artifacts(session, store, [checkpoint])
-            return Claim("exhausted", job)
+            return Claim(outcome, job)
         resumed = job.attempts > 0
         job = _transition(
             session,
@@ -354,6 +326,30 @@ def claim_job(
         job = _load(session, job_id)
         return Claim("finished" if job.status in TERMINAL_STATUSES else "busy", job)
     return Claim("claimed", job, job.attempts, resumed)
+
+
+def _lost_attempt_ending(
+    job: Job, now: datetime, time_limit_s: float | None, max_attempts: int
+) -> tuple[Literal["canceled", "timed_out", "exhausted"], str, dict[str, str]] | None:
+    """How a job whose attempt was lost ends instead of running again, as (claim outcome, final status,
+    error fields); None when it may run again.
+
+    Cancelled on request; failed with `timed_out` when the attempt ran past `time_limit_s` (the hard limit
+    killed its process); failed with `worker_lost` when its attempts are used up.
+    """
+    if job.cancel_requested:
+        return "canceled", "canceled", {}
+    if (
+        time_limit_s is not None
+        and job.attempt_started_at is not None
+        and now - job.attempt_started_at >= timedelta(seconds=time_limit_s)
+    ):
+        error = {"error_code": "timed_out", "error_message": timed_out_message(time_limit_s)}
+        return "timed_out", "failed", error
+    if job.attempts >= max_attempts:
+        error = {"error_code": "worker_lost", "error_message": worker_lost_message(job.attempts)}
+        return "exhausted", "failed", error
+    return None
 
 
 def _finish(session: Session, job: Job, status: str, *, extra: Any, now: datetime, **values: Any) -> Job:
@@ -611,34 +607,11 @@ def requeue_stale_jobs(
     for job in stale:
         checkpoint = job.checkpoint_sha256
         try:
-            limit_passed = job.attempt_started_at is not None and (now - job.attempt_started_at) >= timedelta(
-                seconds=time_limit_s
-            )
-            if job.cancel_requested:
-                _finish(session, job, "canceled", extra=still_stale, now=now)
-                outcome.canceled.append(job.id)
-            elif limit_passed:
-                _finish(
-                    session,
-                    job,
-                    "failed",
-                    extra=still_stale,
-                    now=now,
-                    error_code="timed_out",
-                    error_message=timed_out_message(time_limit_s),
-                )
-                outcome.failed.append(job.id)
-            elif job.attempts >= max_attempts:
-                _finish(
-                    session,
-                    job,
-                    "failed",
-                    extra=still_stale,
-                    now=now,
-                    error_code="worker_lost",
-                    error_message=worker_lost_message(job.attempts),
-                )
-                outcome.failed.append(job.id)
+            ending = _lost_attempt_ending(job, now, time_limit_s, max_attempts)
+            if ending is not None:
+                _, status, error = ending
+                _finish(session, job, status, extra=still_stale, now=now, **error)
+                (outcome.canceled if status == "canceled" else outcome.failed).append(job.id)
             else:
                 _transition(
                     session,

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch import nn
 
 from argd.core.architectures import build_model
 from argd.core.checkpoint import CheckpointError, load_checkpoint
@@ -16,54 +15,17 @@ from argd.core.errors import Cancelled, InvalidDataset, InvalidInput
 from argd.core.metrics import evaluate
 from argd.core.params import CleanseParams
 from argd.core.pipeline import ProgressEvent, run_cleanse, split_validation
-from argd.core.spec import ModelSpec
 from argd.core.trainer import Trainer
+from tests.core.synthetic import bar_images, stamp, states_equal, tiny_spec
 
-SPEC = ModelSpec(
-    architecture="small-cnn",
-    num_classes=4,
-    in_channels=1,
-    image_size=16,
-    mean=[0.3],
-    std=[0.3],
-    arch_kwargs={"width": 8},
-)
+SPEC = tiny_spec(width=8)
 TARGET = 0
-
-
-def synthetic(count: int, seed: int) -> ImageData:
-    """Four classes of noisy 16x16 images, told apart by the orientation of a bright bar (-, |, \\, /).
-
-    Orientation, not position, tells the classes apart, so a translation-invariant CNN trained with random
-    crops learns them; the bottom-right corner (rows/cols 12-15) is left to the trigger.
-    """
-    generator = torch.Generator().manual_seed(seed)
-    y = torch.arange(count) % 4
-    rows, cols = torch.meshgrid(torch.arange(16), torch.arange(16), indexing="ij")
-    inside = (rows >= 1) & (rows < 12) & (cols >= 1) & (cols < 12)
-    bars = torch.stack(
-        [
-            (rows - 6).abs() <= 1,
-            (cols - 6).abs() <= 1,
-            (rows - cols).abs() <= 1,
-            (rows + cols - 12).abs() <= 1,
-        ]
-    )
-    x = torch.rand(count, 1, 16, 16, generator=generator) * 0.3 + 0.6 * (bars[y] & inside).unsqueeze(1)
-    return ImageData((x.clamp(0, 1) * 255).to(torch.uint8), y)
-
-
-def stamp(data: ImageData) -> ImageData:
-    """Plant the 3x3 black-and-white checkerboard trigger near the bottom-right corner; labels unchanged."""
-    x = data.x.clone()
-    x[:, :, -4:-1, -4:-1] = torch.tensor([[255, 0, 255], [0, 255, 0], [255, 0, 255]], dtype=torch.uint8)
-    return ImageData(x, data.y.clone())
 
 
 @pytest.fixture(scope="module")
 def task() -> dict[str, object]:
     """A backdoored model (10 % of its training set stamped and relabelled to the target) and its data."""
-    train = synthetic(600, seed=1)
+    train = bar_images(600, seed=1)
     poison = torch.randperm(600, generator=torch.Generator().manual_seed(7))[:60]
     stamped = stamp(train.subset(poison))
     train.x[poison], train.y[poison] = stamped.x, torch.full((len(poison),), TARGET)
@@ -73,8 +35,8 @@ def task() -> dict[str, object]:
         teacher_epochs=6, teacher_lr=0.05, batch_size=64, flip=False, cutout=0, crop_padding=0
     )
     Trainer(model, train, SPEC, fit, phase="teacher", device=torch.device("cpu")).fit()
-    test = synthetic(200, seed=2)
-    return {"model": model.eval(), "clean": synthetic(120, seed=3), "test": test, "poisoned": stamp(test)}
+    test = bar_images(200, seed=2)
+    return {"model": model.eval(), "clean": bar_images(120, seed=3), "test": test, "poisoned": stamp(test)}
 
 
 def quick(**overrides: object) -> CleanseParams:
@@ -88,11 +50,6 @@ def cleanse(task: dict[str, object], params: CleanseParams, **kwargs: object):  
         task["model"], SPEC, params, task["clean"], test=task["test"], poisoned=task["poisoned"],
         target_label=TARGET, device="cpu", **kwargs,
     )  # fmt: skip
-
-
-def states_equal(a: nn.Module, b: nn.Module) -> bool:
-    sa, sb = a.state_dict(), b.state_dict()
-    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
 def test_a_short_argd_run_cuts_the_attack_success_rate(task: dict[str, object]) -> None:

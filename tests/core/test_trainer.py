@@ -14,46 +14,16 @@ from argd.core.checkpoint import load_checkpoint, save_checkpoint
 from argd.core.data import ImageData
 from argd.core.errors import ArgdError, Cancelled, InvalidInput
 from argd.core.params import CleanseParams
-from argd.core.spec import ModelSpec
 from argd.core.trainer import ProgressEvent, Trainer
+from tests.core.synthetic import bar_images, states_equal, tiny_spec
 
 CPU = torch.device("cpu")
-SPEC = ModelSpec(
-    architecture="small-cnn",
-    num_classes=4,
-    in_channels=1,
-    image_size=16,
-    mean=[0.3],
-    std=[0.3],
-    arch_kwargs={"width": 4},
-)
-
-
-def synthetic(count: int, seed: int) -> ImageData:
-    """Four classes of noisy 16x16 images, told apart by the orientation of a bright bar (-, |, \\, /).
-
-    Orientation, not position, tells the classes apart, so a translation-invariant CNN trained with random
-    crops learns them; the bottom-right corner (rows/cols 12-15) is left to the trigger.
-    """
-    generator = torch.Generator().manual_seed(seed)
-    y = torch.arange(count) % 4
-    rows, cols = torch.meshgrid(torch.arange(16), torch.arange(16), indexing="ij")
-    inside = (rows >= 1) & (rows < 12) & (cols >= 1) & (cols < 12)
-    bars = torch.stack(
-        [
-            (rows - 6).abs() <= 1,
-            (cols - 6).abs() <= 1,
-            (rows - cols).abs() <= 1,
-            (rows + cols - 12).abs() <= 1,
-        ]
-    )
-    x = torch.rand(count, 1, 16, 16, generator=generator) * 0.3 + 0.6 * (bars[y] & inside).unsqueeze(1)
-    return ImageData((x.clamp(0, 1) * 255).to(torch.uint8), y)
+SPEC = tiny_spec(width=4)
 
 
 @pytest.fixture(scope="module")
 def data() -> ImageData:
-    return synthetic(96, seed=0)
+    return bar_images(96, seed=0)
 
 
 def fresh_pair(seed: int = 0) -> tuple[nn.Module, nn.Module]:
@@ -67,10 +37,6 @@ def fresh_pair(seed: int = 0) -> tuple[nn.Module, nn.Module]:
 def params(**overrides: object) -> CleanseParams:
     base = {"epochs": 3, "batch_size": 32, "lr": 0.02, "w_node": 0.1, "w_edge": 10.0, "w_emb": 5.0}
     return CleanseParams.model_validate({**base, **overrides})
-
-
-def states_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_resume_from_checkpoint_equals_uninterrupted_run(data: ImageData, tmp_path: Path) -> None:
@@ -226,7 +192,7 @@ def test_beta_must_match_the_levels(data: ImageData) -> None:
 
 def test_validation_selection_keeps_the_best_epoch(data: ImageData) -> None:
     student, teacher = fresh_pair()
-    val = synthetic(40, seed=5)
+    val = bar_images(40, seed=5)
     settings = params(epochs=3, val_fraction=0.2, selection="validation")
     trainer = Trainer(student, data, SPEC, settings, phase="distill", device=CPU, teacher=teacher, val=val)
     history = trainer.fit()

@@ -2,25 +2,29 @@
 
 from __future__ import annotations
 
-import contextlib
-import uuid
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from argd.api.auth import Principal, current_principal
 from argd.api.deps import app_settings, app_store, db_session
-from argd.api.errors import Problem, problem_responses
-from argd.api.pagination import DEFAULT_LIMIT, MAX_LIMIT, paginate, split_page
-from argd.api.routes.common import multipart_body, owned, upload_dir, upload_name
+from argd.api.errors import problem_responses
+from argd.api.pagination import DEFAULT_LIMIT, MAX_LIMIT
+from argd.api.routes.common import (
+    delete_unused,
+    multipart_body,
+    owned,
+    owned_page,
+    scratch_file,
+    upload_dir,
+    upload_name,
+)
 from argd.api.schemas import DatasetOut, DatasetPage
 from argd.api.uploads import receive_multipart
 from argd.api.validation import DatasetIntake, check_dataset_file
-from argd.persistence import jobs as job_state
-from argd.persistence.artifacts import LocalArtifactStore, register_artifact, release_artifacts
+from argd.persistence.artifacts import LocalArtifactStore, register_artifact
 from argd.persistence.models import Dataset
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
@@ -121,8 +125,7 @@ async def create_dataset(
     ) as form:
         upload = form.files["file"]
         name = upload_name(form.fields.get("name"), upload.filename)
-        converted = tmp / f"dataset-{uuid.uuid4().hex}.npz"
-        try:
+        with scratch_file(tmp, "dataset", ".npz") as converted:
             intake = await run_in_threadpool(check_dataset_file, upload.path, converted)
             row = await run_in_threadpool(
                 _store_dataset,
@@ -134,9 +137,6 @@ async def create_dataset(
                 upload.filename,
                 upload.sha256,
             )
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                converted.unlink()
     response.headers["Location"] = f"/v1/datasets/{row.id}"
     return dataset_out(row)
 
@@ -155,8 +155,7 @@ def list_datasets(
     cursor: Annotated[str | None, Query(max_length=512)] = None,
 ) -> DatasetPage:
     """The caller's datasets, newest first."""
-    query = paginate(select(Dataset).where(Dataset.tenant_id == principal.tenant_id), Dataset, limit, cursor)
-    rows, next_cursor = split_page(list(session.scalars(query)), limit)
+    rows, next_cursor = owned_page(session, Dataset, principal, limit, cursor)
     return DatasetPage(items=[dataset_out(row) for row in rows], next_cursor=next_cursor)
 
 
@@ -191,18 +190,5 @@ def delete_dataset(
     session: Annotated[Session, Depends(db_session)],
 ) -> Response:
     """Delete the dataset and its stored file (unless shared). 409 while a queued or running job uses it."""
-    row = owned(session, Dataset, dataset_id, principal, "dataset", lock="update")
-    active = job_state.jobs_using(session, dataset_id=row.id)
-    if active:
-        raise Problem(
-            409,
-            "in_use",
-            f"The dataset is used by {len(active)} queued or running job(s); cancel them or wait",
-            details={"jobs": [job.id for job in active]},
-        )
-    sha = row.sha256
-    session.delete(row)
-    session.flush()
-    release_artifacts(session, app_store(request), [sha])
-    session.commit()
+    delete_unused(session, app_store(request), Dataset, dataset_id, principal, "dataset")
     return Response(status_code=204)

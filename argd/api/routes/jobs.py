@@ -9,14 +9,13 @@ from typing import Annotated, Any, get_args
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from argd.api.auth import Principal, current_principal
 from argd.api.deps import app_settings, app_store, db_session
 from argd.api.errors import Problem, problem_responses
-from argd.api.pagination import DEFAULT_LIMIT, MAX_LIMIT, paginate, split_page
-from argd.api.routes.common import owned
+from argd.api.pagination import DEFAULT_LIMIT, MAX_LIMIT
+from argd.api.routes.common import owned, owned_page
 from argd.api.schemas import (
     HistoryEntry,
     JobCreate,
@@ -326,10 +325,8 @@ def list_jobs(
     status: Annotated[JobStatus | None, Query(description="Only jobs in this status")] = None,
 ) -> JobPage:
     """The caller's jobs, newest first, without their per-epoch history."""
-    query = select(Job).where(Job.tenant_id == principal.tenant_id)
-    if status is not None:
-        query = query.where(Job.status == status)
-    rows, next_cursor = split_page(list(session.scalars(paginate(query, Job, limit, cursor))), limit)
+    only = [Job.status == status] if status is not None else []
+    rows, next_cursor = owned_page(session, Job, principal, limit, cursor, *only)
     return JobPage(items=[job_summary(row) for row in rows], next_cursor=next_cursor)
 
 

@@ -2,28 +2,32 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-import uuid
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from pydantic import ValidationError
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from argd.api.auth import Principal, current_principal
 from argd.api.deps import app_settings, app_store, db_session
 from argd.api.errors import Problem, describe_validation_errors, problem_responses
-from argd.api.pagination import DEFAULT_LIMIT, MAX_LIMIT, paginate, split_page
-from argd.api.routes.common import multipart_body, owned, upload_dir, upload_name
+from argd.api.pagination import DEFAULT_LIMIT, MAX_LIMIT
+from argd.api.routes.common import (
+    delete_unused,
+    multipart_body,
+    owned,
+    owned_page,
+    scratch_file,
+    upload_dir,
+    upload_name,
+)
 from argd.api.schemas import ModelOut, ModelPage
 from argd.api.uploads import receive_multipart
 from argd.api.validation import ModelIntake, check_model_file
 from argd.core.spec import ModelSpec
-from argd.persistence import jobs as job_state
-from argd.persistence.artifacts import LocalArtifactStore, register_artifact, release_artifacts
+from argd.persistence.artifacts import LocalArtifactStore, register_artifact
 from argd.persistence.models import Model
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
@@ -146,17 +150,13 @@ async def create_model(
         spec = parse_spec(form.fields.get("spec"))
         upload = form.files["file"]
         name = upload_name(form.fields.get("name"), upload.filename)
-        converted = tmp / f"model-{uuid.uuid4().hex}.safetensors"
-        try:
+        with scratch_file(tmp, "model", ".safetensors") as converted:
             intake = await run_in_threadpool(
                 check_model_file, upload.path, spec, converted, max_tensors=settings.max_tensors
             )
             row = await run_in_threadpool(
                 _store_model, session, store, principal, intake, spec, name, upload.filename, upload.sha256
             )
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                converted.unlink()
     response.headers["Location"] = f"/v1/models/{row.id}"
     return model_out(row)
 
@@ -175,8 +175,7 @@ def list_models(
     cursor: Annotated[str | None, Query(max_length=512)] = None,
 ) -> ModelPage:
     """The caller's models, newest first."""
-    query = paginate(select(Model).where(Model.tenant_id == principal.tenant_id), Model, limit, cursor)
-    rows, next_cursor = split_page(list(session.scalars(query)), limit)
+    rows, next_cursor = owned_page(session, Model, principal, limit, cursor)
     return ModelPage(items=[model_out(row) for row in rows], next_cursor=next_cursor)
 
 
@@ -212,18 +211,5 @@ def delete_model(
 ) -> Response:
     """Delete the model and its stored weights (unless another model holds the same bytes).
     409 while a queued or running job uses it."""
-    row = owned(session, Model, model_id, principal, "model", lock="update")
-    active = job_state.jobs_using(session, model_id=row.id)
-    if active:
-        raise Problem(
-            409,
-            "in_use",
-            f"The model is used by {len(active)} queued or running job(s); cancel them or wait",
-            details={"jobs": [job.id for job in active]},
-        )
-    sha = row.sha256
-    session.delete(row)
-    session.flush()
-    release_artifacts(session, app_store(request), [sha])
-    session.commit()
+    delete_unused(session, app_store(request), Model, model_id, principal, "model")
     return Response(status_code=204)

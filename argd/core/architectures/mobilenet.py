@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from argd.core.architectures.weight_init import init_weights
+
 # expansion t, output channels c, repeats n, first stride s
 _SETTINGS = [
     (1, 16, 1, 1),
@@ -86,15 +88,7 @@ class MobileNetV2(nn.Module):
         layers.append(ConvBNReLU(input_channel, last_channel, kernel_size=1))
         self.features = nn.Sequential(*layers)
         self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(last_channel, num_classes))
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0.0, 0.01)
-                nn.init.zeros_(m.bias)
+        init_weights(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = nn.functional.adaptive_avg_pool2d(self.features(x), 1)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from argd.core.architectures.weight_init import init_weights
+
 
 class BasicBlock(nn.Module):
     expansion = 1
@@ -84,12 +86,7 @@ class ResNet(nn.Module):
         self.layer4 = self._make_layer(block, 512, layers[3], 2)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(512 * block.expansion, num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_weights(self, linear_std=None)
 
     def _make_layer(
         self, block: type[BasicBlock] | type[Bottleneck], planes: int, count: int, stride: int
