@@ -55,7 +55,7 @@ from argd.persistence.db import dispose_engines, get_sessionmaker
 from argd.persistence.migrate import upgrade
 from argd.persistence.models import Artifact, Dataset, Job, JobEvent, Model
 from argd.persistence.settings import Settings
-from bench.cli import positive_int
+from bench.cli import positive_float, positive_int
 
 DEFAULT_ADMIN_URL = os.environ.get(
     "ARGD_BENCH_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -924,13 +924,6 @@ def run_upload_memory(
 # --- command line ---------------------------------------------------------------------------------------
 
 
-def _positive_float(value: str) -> float:
-    number = float(value)
-    if number <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
-    return number
-
-
 def add_latency_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of the latency benchmark (`argd bench api-latency`, `python -m bench.service latency`)."""
     parser.add_argument(
@@ -953,7 +946,7 @@ def add_latency_arguments(parser: argparse.ArgumentParser) -> None:
         help="uvicorn worker processes (default: %(default)s)",
     )
     parser.add_argument(
-        "--max-seconds", type=_positive_float, default=600.0, help="stop the timed phase after this long"
+        "--max-seconds", type=positive_float, default=600.0, help="stop the timed phase after this long"
     )
     parser.add_argument(
         "--pg-admin-url", default=DEFAULT_ADMIN_URL, help="Postgres URL allowed to create databases"
@@ -966,7 +959,7 @@ def add_latency_arguments(parser: argparse.ArgumentParser) -> None:
 def add_upload_memory_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of the upload-memory benchmark (`argd bench upload-memory`)."""
     parser.add_argument(
-        "--size-mb", type=_positive_float, default=500.0, help="upload size in MiB (default: %(default)s)"
+        "--size-mb", type=positive_float, default=500.0, help="upload size in MiB (default: %(default)s)"
     )
     parser.add_argument(
         "--compare-mb",
@@ -988,7 +981,7 @@ def add_upload_memory_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--interval-ms",
-        type=_positive_float,
+        type=positive_float,
         default=20.0,
         help="memory sampling interval (default: %(default)s)",
     )

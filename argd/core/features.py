@@ -32,17 +32,8 @@ class FeatureTap:
     """
 
     def __init__(self, model: nn.Module, layer_names: list[str] | tuple[str, ...]) -> None:
-        modules = dict(model.named_modules())
         names = list(layer_names)
-        unknown = [name for name in names if name == "" or name not in modules]
-        if unknown:
-            raise InvalidModel(
-                f"unknown feature layer(s): {', '.join(map(repr, unknown))}; "
-                f"the model has e.g. {', '.join(_example_names(model))}",
-                details={"unknown": unknown},
-            )
-        if len(set(names)) != len(names):
-            raise InvalidModel(f"feature layers repeat a name: {names}", details={"feature_layers": names})
+        modules = _named_layers(model, names, f"the model has e.g. {', '.join(_example_names(model))}")
         self.model = model
         self.layer_names = names
         self._modules = [modules[name] for name in names]
@@ -91,6 +82,20 @@ class FeatureTap:
                 details={"missing": missing},
             )
         return [self._outputs[name] for name in self.layer_names]
+
+
+def _named_layers(model: nn.Module, names: list[str], hint: str, owner: str = "") -> dict[str, nn.Module]:
+    """The model's modules by name, after checking that every layer name exists and none repeats."""
+    modules = dict(model.named_modules())
+    unknown = [name for name in names if name == "" or name not in modules]
+    if unknown:
+        raise InvalidModel(
+            f"unknown feature layer(s){owner}: {', '.join(map(repr, unknown))}; {hint}",
+            details={"unknown": unknown},
+        )
+    if len(set(names)) != len(names):
+        raise InvalidModel(f"feature layers repeat a name: {names}", details={"feature_layers": names})
+    return modules
 
 
 def _example_names(model: nn.Module, limit: int = 8) -> list[str]:
@@ -203,16 +208,12 @@ def auto_feature_layers(model: nn.Module, in_channels: int, image_size: int) -> 
 
 
 def _check_layers(model: nn.Module, names: list[str], spec: ModelSpec) -> None:
-    modules = dict(model.named_modules())
-    unknown = [name for name in names if name == "" or name not in modules]
-    if unknown:
-        raise InvalidModel(
-            f"unknown feature layer(s) for {spec.architecture}: {', '.join(map(repr, unknown))}; "
-            f"top-level modules: {', '.join(_example_names(model, 20))}",
-            details={"unknown": unknown},
-        )
-    if len(set(names)) != len(names):
-        raise InvalidModel(f"feature layers repeat a name: {names}", details={"feature_layers": names})
+    _named_layers(
+        model,
+        names,
+        f"top-level modules: {', '.join(_example_names(model, 20))}",
+        owner=f" for {spec.architecture}",
+    )
     shapes = _output_shapes(model, spec.in_channels, spec.image_size)
     for name in names:
         shape = shapes.get(name)
