@@ -6,8 +6,12 @@ explicit settings in tests. Nothing here imports torch: the engine is loaded on 
 
 from __future__ import annotations
 
+import contextlib
+import logging
+from collections.abc import AsyncIterator
 from typing import Any
 
+import anyio.to_thread
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
@@ -18,6 +22,9 @@ from argd.api.routes import datasets, health, jobs, models, webhooks
 from argd.persistence.artifacts import LocalArtifactStore
 from argd.persistence.db import get_sessionmaker
 from argd.persistence.settings import Settings, get_settings
+from argd.persistence.tempfiles import sweep_stale_temp_files
+
+log = logging.getLogger("argd.api")
 
 DESCRIPTION = """\
 Removes backdoors from image classifiers with Attention Relation Graph Distillation (ARGD).
@@ -46,6 +53,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description=DESCRIPTION,
         openapi_tags=OPENAPI_TAGS,
         license_info={"name": "Apache-2.0", "identifier": "Apache-2.0"},
+        lifespan=_lifespan,
     )
     app.state.settings = settings
     app.state.sessionmaker = get_sessionmaker(settings)
@@ -65,6 +73,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(module.router)
     _customize_openapi(app)
     return app
+
+
+@contextlib.asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """At startup, delete the temporary upload files a crashed predecessor left (argd.persistence.tempfiles).
+
+    It runs when the server starts, not in `create_app`, so that building an app (tests, the OpenAPI export)
+    touches no files. A failed sweep is logged and does not stop the API from starting.
+    """
+    try:
+        await anyio.to_thread.run_sync(sweep_stale_temp_files, app.state.settings)
+    except Exception:
+        log.exception("sweeping stale temporary upload files failed")
+    yield
 
 
 def _customize_openapi(app: FastAPI) -> None:

@@ -28,6 +28,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
 from argd.api.errors import Problem
+from argd.persistence.tempfiles import UPLOAD_PREFIX
 
 # Room for the part headers and small text fields on top of the file limit when checking the whole body.
 FORM_OVERHEAD_BYTES = 1 << 20
@@ -228,7 +229,7 @@ class _MultipartReader:
                     f"The file '{os.path.basename(part.filename)}' must end in one of: {', '.join(allowed)}",
                 )
             handle = tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed at part end or by cleanup
-                dir=self.directory, prefix="upload-", suffix=suffix, delete=False
+                dir=self.directory, prefix=UPLOAD_PREFIX, suffix=suffix, delete=False
             )
             part.sink = _FileSink(handle, Path(handle.name))
             self.open_sinks.append(part.sink)

@@ -28,6 +28,7 @@ from sqlalchemy.orm import Session
 
 from argd.persistence.models import Artifact, Dataset, Job, Model
 from argd.persistence.settings import Settings, get_settings
+from argd.persistence.tempfiles import STAGING_SUFFIX, staging_dir
 
 CHUNK_SIZE = 1024 * 1024
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -96,7 +97,7 @@ class LocalStagedUpload:
         self._max = max_bytes
         self._hash = hashlib.sha256()
         self.size = 0
-        self.path = store.root / "tmp" / f"{uuid.uuid4().hex}.part"
+        self.path = staging_dir(store.root) / f"{uuid.uuid4().hex}{STAGING_SUFFIX}"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file: BinaryIO | None = open(self.path, "wb")  # noqa: SIM115 - closed in finish/abort
         self._blob: Blob | None = None

@@ -52,6 +52,15 @@ class Settings(BaseSettings):
         2 * 1024**3, ge=1024, description="Largest accepted upload (model or dataset)"
     )
     max_tensors: int = Field(10_000, ge=1, description="Most tensors accepted in an uploaded state dict")
+    stale_upload_after_s: float = Field(
+        3600.0,
+        ge=600,
+        description="Temporary upload files (in <data_dir>/tmp/uploads and the artifact store's tmp folder) "
+        "older than this many seconds are deleted at API startup and on the workers' recovery timer: a "
+        "process killed mid-upload left them. An upload in progress keeps writing to its file, so its mtime "
+        "stays fresh; keep this above the longest pause in an upload, validation included. At least 600; "
+        "the sweep cannot be turned off",
+    )
 
     job_soft_time_limit_s: int = Field(
         6 * 3600, ge=1, description="Seconds after which a job attempt is stopped and fails with 'timed_out'"

@@ -4,7 +4,8 @@ When only a pool process dies, Celery requeues its message at once (`reject_on_w
 next attempt resumes from its checkpoint. When the whole worker dies, Redis keeps the message unacknowledged
 until the visibility timeout (hours, by design), and the filesystem broker forgets it; the database still
 says `running`, but its heartbeat stops. This pass finds such jobs, puts them back in the queue (or ends them
-once their attempts or time are used up), and sends webhooks that were never sent.
+once their attempts or time are used up), and sends webhooks that were never sent. The same timer also
+removes temporary upload files that a killed process left behind (`argd.persistence.tempfiles`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from argd.persistence.artifacts import get_store
 from argd.persistence.db import session_scope
 from argd.persistence.jobs import Recovery, jobs_with_pending_webhooks, requeue_stale_jobs
 from argd.persistence.settings import Settings, get_settings
+from argd.persistence.tempfiles import sweep_stale_temp_files
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +51,7 @@ def recover(settings: Settings | None = None) -> Recovery:
 
 
 class RecoveryStep(bootsteps.StartStopStep):
-    """Runs `recover` soon after the worker starts and then every `recovery_interval_s` seconds."""
+    """Runs `housekeeping` soon after the worker starts and then every `recovery_interval_s` seconds."""
 
     requires = ("celery.worker.components:Timer",)
 
@@ -71,7 +73,21 @@ class RecoveryStep(bootsteps.StartStopStep):
 
     @staticmethod
     def _run() -> None:
-        try:
-            recover()
-        except Exception:  # the next pass tries again; never let the timer die
-            log.exception("job recovery pass failed")
+        housekeeping()
+
+
+def housekeeping(settings: Settings | None = None) -> None:
+    """One tick of the worker's timer: the recovery pass, then the sweep of stale temporary upload files.
+
+    Neither raises (the next tick tries again; the timer must never die), and a failing recovery pass (the
+    database is down, say) does not skip the sweep.
+    """
+    settings = settings or get_settings()
+    try:
+        recover(settings)
+    except Exception:
+        log.exception("job recovery pass failed")
+    try:
+        sweep_stale_temp_files(settings)
+    except Exception:
+        log.exception("sweeping stale temporary upload files failed")

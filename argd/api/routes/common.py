@@ -15,6 +15,7 @@ from argd.api.auth import Principal
 from argd.api.errors import Problem
 from argd.api.pagination import paginate, split_page
 from argd.persistence import jobs as job_state
+from argd.persistence import tempfiles
 from argd.persistence.artifacts import ArtifactStore, release_artifacts
 from argd.persistence.settings import Settings
 
@@ -94,8 +95,8 @@ def delete_unused(
 
 
 def upload_dir(settings: Settings) -> Path:
-    """Where uploads stream to: inside the data directory, on the artifact store's filesystem."""
-    return settings.data_dir / "tmp" / "uploads"
+    """Where uploads stream to (the folder the stale-upload sweep of `argd.persistence.tempfiles` cleans)."""
+    return tempfiles.upload_dir(settings)
 
 
 def upload_name(given: str | None, filename: str) -> str:
