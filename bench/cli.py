@@ -78,7 +78,28 @@ def _add_defense_options(d: argparse.ArgumentParser) -> None:
     d.add_argument(
         "--target", type=int, default=0, help="target label of every attack (default: %(default)s)"
     )
-    d.add_argument("--poison-rate", type=_fraction, default=0.1, help="dirty-label poisoning rate")
+    d.add_argument(
+        "--poison-rate",
+        type=_fraction,
+        default=0.1,
+        help="dirty-label attacks: fraction of the training set poisoned (default: %(default)s)",
+    )
+    d.add_argument(
+        "--clean-label-rate",
+        type=_fraction,
+        default=0.05,
+        help="clean-label attacks (cl, sig, refool): fraction of the training set poisoned, all from the "
+        "target class (default: %(default)s, half of a class in a balanced 10-class set)",
+    )
+    d.add_argument(
+        "--attack-set",
+        dest="attack_overrides",
+        action="append",
+        default=[],
+        metavar="ATTACK.KEY=VALUE",
+        help="override one setting of one attack (JSON value), e.g. sig.delta=30, or its own poisoning "
+        "rate, e.g. cl.rate=0.08; repeatable (defaults: bench.backdoor.ATTACK_SETTINGS)",
+    )
     d.add_argument(
         "--clean-fraction",
         type=_fraction,

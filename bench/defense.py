@@ -39,6 +39,7 @@ from argd.core.pipeline import ProgressEvent, run_cleanse, split_validation
 from argd.core.spec import ModelSpec
 from argd.core.trainer import Trainer
 from bench.backdoor import (
+    ATTACK_SETTINGS,
     TrainSettings,
     Victim,
     data_fingerprint,
@@ -101,6 +102,8 @@ class DefenseConfig:
     architecture: str = "wrn-16-1"
     target: int = 0
     poison_rate: float = 0.1
+    clean_label_rate: float = 0.05
+    attack_settings: dict[str, dict[str, Any]] = field(default_factory=lambda: copy.deepcopy(ATTACK_SETTINGS))
     clean_fraction: float = 0.05
     clean_size: int | None = None
     seed: int = 0
@@ -131,12 +134,41 @@ def _parse_override(text: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
+def _attack_settings(texts: list[str]) -> dict[str, dict[str, Any]]:
+    """The benchmark's attack settings with `ATTACK.KEY=VALUE` overrides applied."""
+    settings = copy.deepcopy(ATTACK_SETTINGS)
+    for text in texts:
+        key, value = _parse_override(text)
+        attack, dot, name = key.partition(".")
+        if not dot or not attack or not name:
+            raise InvalidInput(f"--attack-set expects ATTACK.KEY=VALUE (e.g. sig.delta=30), got {text!r}")
+        settings.setdefault(attack.lower(), {})[name] = value
+    return settings
+
+
+def attack_rate(config: DefenseConfig, attack: str) -> float:
+    """The poisoning rate of `attack`: its own `rate` setting if it has one, else the clean-label rate for
+    clean-label attacks and the dirty-label rate for the others."""
+    from argd.core.attacks import ATTACKS
+
+    default = config.clean_label_rate if ATTACKS[attack].clean_label else config.poison_rate
+    return float(config.attack_settings.get(attack, {}).get("rate", default))
+
+
+def attack_kwargs(config: DefenseConfig, attack: str) -> dict[str, Any]:
+    """The settings `make_attack` takes for `attack` (its rate is passed separately)."""
+    return {k: v for k, v in config.attack_settings.get(attack, {}).items() if k != "rate"}
+
+
 def config_from_args(args: argparse.Namespace) -> DefenseConfig:
     """Turn parsed `argd bench defense` arguments into a config; --quick fills in small sizes."""
     quick = bool(args.quick)
+    # --quick: fewer, smaller batches (more steps for the same compute), so even the smoke run's victims
+    # carry a real backdoor.
     backdoor = TrainSettings(
-        epochs=args.backdoor_epochs or (3 if quick else TrainSettings.epochs),
+        epochs=args.backdoor_epochs or (5 if quick else TrainSettings.epochs),
         lr=args.backdoor_lr or TrainSettings.lr,
+        batch_size=64 if quick else TrainSettings.batch_size,
     )
     if args.ablations is None:
         ablations = [] if quick else list(DEFAULT_ABLATIONS)
@@ -157,6 +189,8 @@ def config_from_args(args: argparse.Namespace) -> DefenseConfig:
         architecture=args.architecture,
         target=args.target,
         poison_rate=args.poison_rate,
+        clean_label_rate=args.clean_label_rate,
+        attack_settings=_attack_settings(args.attack_overrides),
         clean_fraction=args.clean_fraction,
         clean_size=args.clean_size or (400 if quick else None),
         seed=args.seed,
@@ -181,11 +215,19 @@ def config_from_args(args: argparse.Namespace) -> DefenseConfig:
 
 def validate(config: DefenseConfig) -> None:
     """Reject unknown attacks, ablations and parameter overrides before anything is trained."""
-    from argd.core.attacks import ATTACKS
+    from argd.core.attacks import ATTACKS, make_attack
 
     unknown = [a for a in config.attacks if a not in ATTACKS]
     if unknown:
         raise InvalidInput(f"unknown attack(s) {', '.join(unknown)}; known: {', '.join(ATTACKS)}")
+    unknown = [a for a in config.attack_settings if a not in ATTACKS]
+    if unknown:
+        raise InvalidInput(f"--attack-set names unknown attack(s) {', '.join(unknown)}")
+    for attack in config.attacks:  # build each attack once, so a bad setting fails before any training
+        try:
+            make_attack(attack, rate=attack_rate(config, attack), **attack_kwargs(config, attack))
+        except (TypeError, ValueError) as exc:
+            raise InvalidInput(f"bad --attack-set value for {attack}: {exc}") from exc
     unknown = [d for d in config.defences if d not in DEFENCES]
     if unknown:
         raise InvalidInput(f"unknown defence(s) {', '.join(unknown)}; known: {', '.join(DEFENCES)}")
@@ -613,7 +655,7 @@ def run_defense(config: DefenseConfig, memo: dict[str, Any] | None = None) -> di
             test,
             spec,
             config.backdoor,
-            rate=config.poison_rate,
+            rate=attack_rate(config, attack),
             target=config.target,
             seed=config.seed,
             cache_dir=config.cache_dir,
@@ -622,6 +664,7 @@ def run_defense(config: DefenseConfig, memo: dict[str, Any] | None = None) -> di
             device=device,
             amp=config.amp,
             log=log,
+            attack_kwargs=attack_kwargs(config, attack),
         )
         assert victim.eval_set is not None
         before = evaluate(

@@ -44,6 +44,9 @@ GRID: dict[str, tuple[str, dict[str, Any]]] = {
         "teacher peak lr 0.1 and student peak lr x2",
         {"teacher_lr": 0.1, "lr_scale": 2.0},
     ),
+    "lr-0.03-edge-x0.1": ("peak lr 0.03 (cosine), edge weight x0.1", {"lr": 0.03, "w_edge_scale": 0.1}),
+    "lr-0.03-edge-x0.3": ("peak lr 0.03 (cosine), edge weight x0.3", {"lr": 0.03, "w_edge_scale": 0.3}),
+    "lr-0.03-teacher-lr-0.03": ("student and teacher peak lr 0.03", {"lr": 0.03, "teacher_lr": 0.03}),
 }
 
 

@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from argd.core.data import ImageData, save_npz
-from bench.cli import DEFAULT_DATA_ROOT, main
+from bench.backdoor import ATTACK_SETTINGS
+from bench.cli import DEFAULT_DATA_ROOT, QUICK_ATTACKS, main
 from bench.defense import ABLATIONS, DefenseConfig, clean_subset, defence_params
 
 HAVE_FMNIST = (DEFAULT_DATA_ROOT / "train-images-idx3-ubyte.gz").is_file()
@@ -89,6 +90,24 @@ def test_defense_end_to_end_on_fashion_mnist(tmp_path: Path, capsys: pytest.Capt
     assert set(again["attacks"]["badnets"]["defences"]) == {"finetune", "nad", "argd"}
 
 
+@pytest.mark.skipif(not HAVE_FMNIST, reason="Fashion-MNIST (dataset-fashion-mnist) not installed")
+def test_defense_quick_is_the_smoke_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`argd bench defense --quick` as documented: its attacks, all three defences, a real backdoor."""
+    out = tmp_path / "quick"
+    assert main(["defense", "--quick", "--out", str(out), "--cache-dir", str(tmp_path / "cache")]) == 0
+    markdown, results = _read(out)
+    assert tuple(results["attacks"]) == QUICK_ATTACKS
+    assert results["settings"]["quick"] is True and results["settings"]["train_images"] == 4000
+    for attack, row in results["attacks"].items():
+        assert set(row["defences"]) == {"finetune", "nad", "argd"}, attack
+        assert f"| {attack} |" in markdown
+    # Even three epochs on 4,000 images implant BadNets: the smoke run measures a real backdoor.
+    assert results["attacks"]["badnets"]["backdoor"]["asr"] > 0.8
+    assert results["attacks"]["badnets"]["backdoor"]["acc"] > 0.7
+    printed = capsys.readouterr().out
+    assert all(f"[{attack}] argd:" in printed for attack in QUICK_ATTACKS)
+
+
 def _synthetic(count: int, seed: int) -> ImageData:
     """Three colour classes of 16x16 images told apart by a bright bar's position."""
     g = torch.Generator().manual_seed(seed)
@@ -107,13 +126,20 @@ def test_defense_on_npz_dataset_with_another_architecture(tmp_path: Path) -> Non
     out = tmp_path / "out"
     argv = [
         "defense", "--train-npz", str(train), "--test-npz", str(test), "--architecture", "small-cnn",
-        "--attacks", "blend", "--clean-size", "60", "--backdoor-epochs", "1", "--epochs", "1",
+        "--attacks", "blend,sig", "--clean-size", "60", "--backdoor-epochs", "1", "--epochs", "1",
         "--teacher-epochs", "1", "--reference", "--ablations", "none", "--out", str(out),
-        "--cache-dir", str(tmp_path / "cache"),
+        "--cache-dir", str(tmp_path / "cache"), "--clean-label-rate", "0.05", "--attack-set", "sig.delta=25",
+        "--attack-set", "blend.rate=0.2",
     ]  # fmt: skip
     code = main(argv)
     assert code == 0
     _, results = _read(out)
+    # Clean-label attacks poison at --clean-label-rate (target class only), an attack's own rate setting wins
+    # over the shared one, and --attack-set reaches the attack itself.
+    assert results["attacks"]["blend"]["backdoor"]["poisoned_images"] == 60  # blend.rate: 20 % of 300
+    assert results["attacks"]["sig"]["backdoor"]["poisoned_images"] == 15  # 5 % of 300, all class 0
+    assert results["settings"]["attack_settings"]["sig"]["delta"] == 25
+    assert results["settings"]["attack_settings"]["cl"] == ATTACK_SETTINGS["cl"]
     assert results["settings"]["dataset"] == "train.npz"
     assert results["settings"]["spec"]["in_channels"] == 3
     assert results["settings"]["spec"]["image_size"] == 16
@@ -121,17 +147,25 @@ def test_defense_on_npz_dataset_with_another_architecture(tmp_path: Path) -> Non
     assert set(results["attacks"]["blend"]["defences"]) == {"finetune", "nad", "argd", "argd-reference"}
 
 
+BAD_ARGUMENTS = [
+    (["--attacks", "badnets,nosuch"], "nosuch"),
+    (["--ablations", "bogus"], "bogus"),
+    (["--defences", "argd,magic"], "magic"),
+    (["--set", "lr=-1"], "lr"),
+    (["--attack-set", "sig.delta=-3"], "delta"),
+    (["--attack-set", "sigdelta=3"], "ATTACK.KEY=VALUE"),
+    (["--attack-set", "nosuch.x=1"], "nosuch"),
+    (["--attack-set", "sig.colour=1"], "colour"),
+    (["--attack-set", "cl.rate=1.5"], "rate"),
+]
+
+
 def test_bad_input_is_refused_with_a_clear_message(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(["defense", "--attacks", "badnets,nosuch", "--out", str(tmp_path)]) == 2
-    assert "nosuch" in capsys.readouterr().err
-    assert main(["defense", "--ablations", "bogus", "--out", str(tmp_path)]) == 2
-    assert "bogus" in capsys.readouterr().err
-    assert main(["defense", "--defences", "argd,magic", "--out", str(tmp_path)]) == 2
-    assert "magic" in capsys.readouterr().err
-    assert main(["defense", "--set", "lr=-1", "--out", str(tmp_path)]) == 2
-    assert "lr" in capsys.readouterr().err
+    for argv, named in BAD_ARGUMENTS:
+        assert main(["defense", *argv, "--out", str(tmp_path)]) == 2, argv
+        assert named in capsys.readouterr().err, argv
     assert main(["defense", "--test-npz", str(tmp_path / "t.npz")]) == 2
     assert "--train-npz" in capsys.readouterr().err
     assert not (tmp_path / "defense.json").exists()
