@@ -3,7 +3,7 @@
 Two folders hold files that exist only while an upload is in progress:
 
 - `<data_dir>/tmp/uploads`: the API streams each multipart file part to `upload-<random><suffix>` and writes
-  converted uploads to `<kind>-<uuid hex><suffix>` (`scratch_file`);
+  converted uploads to `<kind>-<uuid hex><suffix>` (`scratch_file`, below);
 - `<artifacts>/tmp`: the artifact store stages each file as `<uuid hex>.part` before renaming it into place.
 
 The code that creates them deletes them on every normal path, but a process killed mid-upload (SIGKILL, the
@@ -15,11 +15,14 @@ startup (so a restarted API cleans up after its predecessor) and workers sweep o
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
 import stat
 import time
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 from argd.persistence.settings import Settings
@@ -34,7 +37,7 @@ STAGING_SUFFIX = ".part"
 # Only these names are ever removed; anything else in the folders is left alone.
 _UPLOAD_NAMES = re.compile(
     re.escape(UPLOAD_PREFIX) + r"[a-z0-9_]+\.[a-z0-9]+"  # tempfile.NamedTemporaryFile in argd.api.uploads
-    r"|[a-z]+-[0-9a-f]{32}\.[a-z0-9]+"  # scratch_file in argd.api.routes.common
+    r"|[a-z]+-[0-9a-f]{32}\.[a-z0-9]+"  # scratch_file below
 )
 _STAGING_NAMES = re.compile(r"[0-9a-f]{32}" + re.escape(STAGING_SUFFIX))
 
@@ -42,6 +45,18 @@ _STAGING_NAMES = re.compile(r"[0-9a-f]{32}" + re.escape(STAGING_SUFFIX))
 def upload_dir(settings: Settings) -> Path:
     """Where uploads stream to: inside the data directory, on the artifact store's filesystem."""
     return settings.data_dir / "tmp" / "uploads"
+
+
+@contextlib.contextmanager
+def scratch_file(folder: Path, kind: str, suffix: str) -> Iterator[Path]:
+    """A fresh `<kind>-<uuid hex><suffix>` path in `folder` for a converted upload, removed afterwards
+    whether or not it was written. Lowercase `kind` and `suffix` keep the name within the sweep's pattern."""
+    path = folder / f"{kind}-{uuid.uuid4().hex}{suffix}"
+    try:
+        yield path
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
 
 
 def staging_dir(artifacts_root: Path) -> Path:

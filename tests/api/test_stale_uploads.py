@@ -10,10 +10,9 @@ from pathlib import Path
 from fastapi.testclient import TestClient
 
 from argd.api.app import create_app
-from argd.api.routes.common import scratch_file, upload_dir
 from argd.persistence.artifacts import LocalArtifactStore
 from argd.persistence.settings import Settings
-from argd.persistence.tempfiles import UPLOAD_PREFIX
+from argd.persistence.tempfiles import UPLOAD_PREFIX, scratch_file, upload_dir
 
 TWO_HOURS = 2 * 3600.0
 

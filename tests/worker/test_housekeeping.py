@@ -9,18 +9,16 @@ import uuid
 from pathlib import Path
 
 import pytest
+from sqlalchemy import make_url
 
 from argd.persistence.artifacts import LocalArtifactStore
-from argd.persistence.migrate import upgrade
 from argd.persistence.settings import Settings
 from argd.persistence.tempfiles import upload_dir
 from argd.worker.recovery import housekeeping
 
 
-def _settings(data_dir: Path) -> Settings:
-    return Settings(
-        data_dir=data_dir, database_url=f"sqlite:///{data_dir / 'argd.sqlite3'}", broker_url="memory://"
-    )
+def _settings(data_dir: Path, database_url: str) -> Settings:
+    return Settings(data_dir=data_dir, database_url=database_url, broker_url="memory://")
 
 
 def _leftovers(settings: Settings) -> tuple[Path, Path, Path]:
@@ -41,9 +39,10 @@ def _leftovers(settings: Settings) -> tuple[Path, Path, Path]:
     return paths[0], scratch, paths[1]
 
 
-def test_timer_tick_recovers_and_sweeps(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    settings = _settings(tmp_path)
-    upgrade(settings, "head")
+def test_timer_tick_recovers_and_sweeps(
+    tmp_path: Path, database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = _settings(tmp_path, database_url)  # the session's Postgres database, migrated
     old_staged, old_scratch, fresh = _leftovers(settings)
 
     with caplog.at_level(logging.WARNING):
@@ -56,9 +55,11 @@ def test_timer_tick_recovers_and_sweeps(tmp_path: Path, caplog: pytest.LogCaptur
 
 
 def test_a_failing_recovery_pass_does_not_skip_the_sweep(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, database_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    settings = _settings(tmp_path)  # never migrated: the recovery pass fails on the missing tables
+    # The same Postgres server, a database that does not exist: the recovery pass fails to connect.
+    missing = make_url(database_url).set(database=f"argd_missing_{uuid.uuid4().hex[:8]}")
+    settings = _settings(tmp_path, missing.render_as_string(hide_password=False))
     old_staged, old_scratch, fresh = _leftovers(settings)
 
     with caplog.at_level(logging.WARNING):

@@ -1,11 +1,7 @@
-"""Helpers the resource routers share: tenant-scoped lookups, upload folders, the multipart body schema."""
+"""Helpers the resource routers share: tenant-scoped lookups and deletes, upload names, the body schema."""
 
 from __future__ import annotations
 
-import contextlib
-import uuid
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from sqlalchemy import ColumnElement, select
@@ -15,9 +11,7 @@ from argd.api.auth import Principal
 from argd.api.errors import Problem
 from argd.api.pagination import paginate, split_page
 from argd.persistence import jobs as job_state
-from argd.persistence import tempfiles
 from argd.persistence.artifacts import ArtifactStore, release_artifacts
-from argd.persistence.settings import Settings
 
 T = TypeVar("T")
 
@@ -94,28 +88,12 @@ def delete_unused(
     session.commit()
 
 
-def upload_dir(settings: Settings) -> Path:
-    """Where uploads stream to (the folder the stale-upload sweep of `argd.persistence.tempfiles` cleans)."""
-    return tempfiles.upload_dir(settings)
-
-
 def upload_name(given: str | None, filename: str) -> str:
     """The resource name: the `name` field if given, else the uploaded file's name."""
     name = (given or "").strip() or filename or "upload"
     if len(name) > MAX_NAME_LENGTH:
         raise Problem(422, "validation_error", f"The name is longer than {MAX_NAME_LENGTH} characters")
     return name
-
-
-@contextlib.contextmanager
-def scratch_file(folder: Path, prefix: str, suffix: str) -> Iterator[Path]:
-    """A fresh path in `folder` for a converted upload, removed afterwards whether or not it was written."""
-    path = folder / f"{prefix}-{uuid.uuid4().hex}{suffix}"
-    try:
-        yield path
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
 
 
 def multipart_body(properties: dict[str, Any], required: list[str]) -> dict[str, Any]:

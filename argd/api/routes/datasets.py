@@ -17,8 +17,6 @@ from argd.api.routes.common import (
     multipart_body,
     owned,
     owned_page,
-    scratch_file,
-    upload_dir,
     upload_name,
 )
 from argd.api.schemas import DatasetOut, DatasetPage
@@ -26,6 +24,7 @@ from argd.api.uploads import receive_multipart
 from argd.api.validation import DatasetIntake, check_dataset_file
 from argd.persistence.artifacts import LocalArtifactStore, register_artifact
 from argd.persistence.models import Dataset
+from argd.persistence.tempfiles import scratch_file, upload_dir
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 

@@ -19,8 +19,6 @@ from argd.api.routes.common import (
     multipart_body,
     owned,
     owned_page,
-    scratch_file,
-    upload_dir,
     upload_name,
 )
 from argd.api.schemas import ModelOut, ModelPage
@@ -29,6 +27,7 @@ from argd.api.validation import ModelIntake, check_model_file
 from argd.core.spec import ModelSpec
 from argd.persistence.artifacts import LocalArtifactStore, register_artifact
 from argd.persistence.models import Model
+from argd.persistence.tempfiles import scratch_file, upload_dir
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
