@@ -29,6 +29,7 @@ from torch import nn
 
 import argd
 from argd.core.architectures import build_model
+from argd.core.attacks import ATTACKS, make_attack
 from argd.core.data import ImageData, load_dataset, load_fashion_mnist
 from argd.core.device import resolve_device
 from argd.core.errors import InvalidInput
@@ -149,8 +150,6 @@ def _attack_settings(texts: list[str]) -> dict[str, dict[str, Any]]:
 def attack_rate(config: DefenseConfig, attack: str) -> float:
     """The poisoning rate of `attack`: its own `rate` setting if it has one, else the clean-label rate for
     clean-label attacks and the dirty-label rate for the others."""
-    from argd.core.attacks import ATTACKS
-
     default = config.clean_label_rate if ATTACKS[attack].clean_label else config.poison_rate
     return float(config.attack_settings.get(attack, {}).get("rate", default))
 
@@ -215,8 +214,6 @@ def config_from_args(args: argparse.Namespace) -> DefenseConfig:
 
 def validate(config: DefenseConfig) -> None:
     """Reject unknown attacks, ablations and parameter overrides before anything is trained."""
-    from argd.core.attacks import ATTACKS, make_attack
-
     unknown = [a for a in config.attacks if a not in ATTACKS]
     if unknown:
         raise InvalidInput(f"unknown attack(s) {', '.join(unknown)}; known: {', '.join(ATTACKS)}")
