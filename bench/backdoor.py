@@ -124,6 +124,7 @@ def train_classifier(
     """
     params = CleanseParams(
         seed=seed,
+        teacher="finetune",
         batch_size=settings.batch_size,
         teacher_epochs=settings.epochs,
         teacher_lr=settings.lr,

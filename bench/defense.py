@@ -73,6 +73,10 @@ DEFAULT_ABLATION_ATTACKS = ("badnets", "blend")
 #: Fields of CleanseParams that determine the teacher (same values -> same teacher).
 TEACHER_FIELDS = (
     "seed",
+    "teacher",
+    "fst_alpha",
+    "sam_rho",
+    "label_smoothing",
     "batch_size",
     "teacher_epochs",
     "teacher_lr",

@@ -217,6 +217,7 @@ def train_backdoored(
     model = build_model(spec).to(run_device)
     params = CleanseParams(
         seed=config.seed,
+        teacher="finetune",
         batch_size=128,
         teacher_epochs=config.backdoor_epochs,
         teacher_lr=config.backdoor_lr,

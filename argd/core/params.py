@@ -21,12 +21,35 @@ Presets:
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-Method = Literal["argd", "nad", "finetune"]
+Method = Literal["argd", "nad", "finetune", "fst", "ft-sam"]
+TeacherSource = Literal["finetune", "fst", "sam", "uploaded"]
+HeadMode = Literal["keep", "fst"]
 PRESETS = ("default", "reference")
+#: Weight decay of SGD phases that do not follow FST (FST's paper tunes without weight decay).
+DEFAULT_WEIGHT_DECAY = 5e-4
+#: Label smoothing of sharpness-aware phases (FT-SAM's published setting).
+SAM_LABEL_SMOOTHING = 0.1
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How one training phase tunes its network: the pieces every method and teacher combine.
+
+    `head`: "fst" re-initialises the classifier head and pushes it away from the original one
+    (feature-shift tuning), "keep" tunes it from where it is. `sam_rho`: radius of adaptive SAM, 0 for plain
+    SGD steps. `distil`: whether the phase learns from a teacher (attention terms and logit distillation).
+    """
+
+    head: HeadMode
+    sam_rho: float
+    label_smoothing: float
+    weight_decay: float
+    distil: bool
 
 
 class CleanseParams(BaseModel):
@@ -35,7 +58,14 @@ class CleanseParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     method: Method = Field(
-        "argd", description="argd: all terms; nad: node term only; finetune: cross-entropy only"
+        "argd",
+        description="argd: all ARG terms; nad: node term only; finetune: cross-entropy only; fst: "
+        "feature-shift tuning (no teacher); ft-sam: fine-tuning with adaptive SAM (no teacher)",
+    )
+    teacher: TeacherSource = Field(
+        "fst",
+        description="How argd and nad make their teacher: finetune (cross-entropy), fst (feature-shift "
+        "tuning), sam (adaptive SAM), uploaded (a teacher model given with the job)",
     )
     seed: int = Field(
         0, ge=0, le=2**31 - 1, description="Seed of data split, shuffling, augmentation and init"
@@ -57,7 +87,28 @@ class CleanseParams(BaseModel):
     )
     momentum: float = Field(0.9, ge=0, lt=1)
     nesterov: bool = True
-    weight_decay: float = Field(5e-4, ge=0, le=0.1)
+    weight_decay: float | None = Field(
+        None, ge=0, le=0.1, description="SGD weight decay; null = 0 in FST phases (as published), else 5e-4"
+    )
+
+    # Tuning pieces (FST, SAM) for the student of argd/nad; fst and ft-sam use them as their whole method.
+    student_head: HeadMode = Field(
+        "keep",
+        description="keep: tune the student's classifier head from the uploaded one; fst: re-initialise it "
+        "and push it away from the uploaded one (feature-shift tuning)",
+    )
+    student_sam: bool = Field(False, description="Tune the argd/nad student with adaptive SAM (2x passes)")
+    fst_alpha: float = Field(
+        0.2, ge=0, le=100, description="Weight of FST's head term alpha * <W, W0> (W0: the uploaded head)"
+    )
+    sam_rho: float = Field(2.0, gt=0, le=100, description="Radius of adaptive SAM (FT-SAM: 2)")
+    label_smoothing: float | None = Field(
+        None, ge=0, lt=1, description="Cross-entropy label smoothing; null = 0.1 in SAM phases, else 0"
+    )
+    w_logit: float = Field(
+        0.0, ge=0, le=1e4, description="Weight of logit distillation (KL to the teacher's softened outputs)"
+    )
+    kd_temperature: float = Field(4.0, gt=0, le=100, description="Temperature of logit distillation")
 
     # Teacher.
     teacher_epochs: int = Field(
@@ -143,6 +194,7 @@ class CleanseParams(BaseModel):
                 "momentum": 0.9,
                 "nesterov": True,
                 "weight_decay": 1e-4,
+                "teacher": "finetune",
                 "teacher_epochs": 10,
                 "teacher_lr": 0.01,
                 "teacher_lr_schedule": "constant",
@@ -160,17 +212,53 @@ class CleanseParams(BaseModel):
         return cls.model_validate({**base, **overrides})
 
     def effective_weights(self) -> dict[str, float]:
-        """The term weights the method actually uses: nad keeps only the node term, finetune none."""
-        if self.method == "finetune":
-            return {"node": 0.0, "edge": 0.0, "emb": 0.0}
+        """The distillation weights the method actually uses: nad keeps only the node term; finetune, fst
+        and ft-sam learn from no teacher."""
         if self.method == "nad":
-            return {"node": self.w_node, "edge": 0.0, "emb": 0.0}
-        return {"node": self.w_node, "edge": self.w_edge, "emb": self.w_emb}
+            return {"node": self.w_node, "edge": 0.0, "emb": 0.0, "logit": 0.0}
+        if self.method == "argd":
+            return {"node": self.w_node, "edge": self.w_edge, "emb": self.w_emb, "logit": self.w_logit}
+        return {"node": 0.0, "edge": 0.0, "emb": 0.0, "logit": 0.0}
 
     @property
     def needs_teacher(self) -> bool:
-        """Whether the distillation phase uses a teacher at all (not for plain fine-tuning)."""
+        """Whether the student phase learns from a teacher (argd and nad with any non-zero weight)."""
         return any(w > 0 for w in self.effective_weights().values())
+
+    def recipe(self, phase: str) -> Recipe:
+        """The pieces phase "teacher" or "distill" (the student) is made of; see `Recipe`."""
+        if phase == "teacher":
+            head: HeadMode = "fst" if self.teacher == "fst" else "keep"
+            sam, distil = self.teacher == "sam", False
+        elif self.method == "fst":
+            head, sam, distil = "fst", False, False
+        elif self.method == "ft-sam":
+            head, sam, distil = "keep", True, False
+        elif self.method == "finetune":
+            head, sam, distil = "keep", False, False
+        else:
+            head, sam, distil = self.student_head, self.student_sam, self.needs_teacher
+        smoothing = self.label_smoothing
+        if smoothing is None:
+            smoothing = SAM_LABEL_SMOOTHING if sam else 0.0
+        decay = self.weight_decay
+        if decay is None:
+            decay = 0.0 if head == "fst" else DEFAULT_WEIGHT_DECAY
+        return Recipe(head, self.sam_rho if sam else 0.0, smoothing, decay, distil)
+
+    def teacher_problem(self, uploaded: bool) -> str | None:
+        """Why this job's teacher setting cannot run with (`uploaded`) or without an uploaded teacher model;
+        None when it can."""
+        if uploaded and not self.needs_teacher:
+            return f"method {self.method!r} learns from no teacher, so an uploaded teacher has no use"
+        if uploaded and self.teacher != "uploaded":
+            return (
+                f"a teacher model was given but teacher is {self.teacher!r}; set teacher to 'uploaded' "
+                "or leave the teacher model out"
+            )
+        if not uploaded and self.teacher == "uploaded" and self.needs_teacher:
+            return "teacher 'uploaded' needs a teacher model (teacher_model_id, or --teacher FILE)"
+        return None
 
     def lr_at(self, epoch: int, progress: float = 0.0) -> float:
         """Student lr at `epoch` (0-based) and `progress` in [0, 1) through it."""

@@ -1,9 +1,10 @@
 """`run_cleanse`: a whole cleanse job, used alike by the CLI, the worker and the benchmark.
 
-Steps: evaluate the uploaded model -> fine-tune a teacher on the clean subset (or take the given one) ->
-evaluate the teacher -> distil a student from the uploaded model -> evaluate the student. The student is the
-cleansed model. Plain fine-tuning (`method="finetune"`) skips the teacher: it is the student phase with every
-distillation weight at zero.
+Steps: evaluate the uploaded model -> make a teacher from it on the clean subset (`params.teacher`: plain
+fine-tuning, feature-shift tuning or SAM; or take an uploaded one) -> evaluate the teacher -> train a student
+from the uploaded model (ARGD or NAD distil the teacher into it) -> evaluate the student. The student is the
+cleansed model. The methods without a teacher (`finetune`, `fst`, `ft-sam`) skip the teacher phase: they are
+the student phase with every distillation weight at zero.
 
 With `checkpoint_path`, the job state is written after every epoch (see `argd.core.checkpoint`) and an
 existing checkpoint is resumed from: the run then finishes with the same number of epochs and, on CPU, the
@@ -131,8 +132,9 @@ def run_cleanse(
         raise InvalidInput("a poisoned evaluation set needs target_label")
     if target_label is not None and not 0 <= target_label < spec.num_classes:
         raise InvalidInput(f"target_label {target_label} is outside [0, {spec.num_classes})")
-    if teacher is not None and not params.needs_teacher:
-        teacher = None  # plain fine-tuning has no use for it
+    problem = params.teacher_problem(uploaded=teacher is not None)
+    if problem is not None:
+        raise InvalidInput(problem)
     previous_threads = torch.get_num_threads()
     if params.num_threads is not None:
         torch.set_num_threads(params.num_threads)
@@ -218,7 +220,8 @@ def _run(
     if "before" not in metrics:
         metrics["before"] = measure("before", base)
 
-    # Teacher: the given one, a fine-tuned copy of the model, or none for plain fine-tuning.
+    # Teacher: the uploaded one, a copy of the model tuned by the teacher recipe (fine-tuning, FST or SAM),
+    # or none for the methods that learn from no teacher.
     teacher_net: nn.Module | None = None
     teacher_history: list[dict[str, Any]] = []
     if params.needs_teacher:
@@ -289,6 +292,6 @@ def _run(
         selection=params.selection,
         selected_epoch=selected,
         seconds=time.perf_counter() - started,
-        feature_layers=list(trainer.layers),
-        beta=list(trainer.loss_fn.beta) if trainer.loss_fn is not None else None,
+        feature_layers=trainer.layers,
+        beta=trainer.beta,
     )

@@ -1,8 +1,13 @@
-"""One trainer for both phases of a job: teacher fine-tuning (cross-entropy only) and student distillation.
+"""One trainer for both phases of a job: making the teacher, and training the student (the cleansed model).
 
-Distillation adds `ARGLoss` (node, edge and embedding terms) against a frozen teacher; ARGD, NAD and plain
-fine-tuning differ only in the term weights (`CleanseParams.effective_weights`). The loop is built for small
-clean subsets on a GPU:
+Each phase is a `Recipe` (`CleanseParams.recipe`) of the same small pieces:
+- cross-entropy on the clean subset (with label smoothing in SAM phases);
+- `Distillation` from a frozen teacher: the ARG attention terms (`ARGLoss`: node, edge, embedding) and
+  logit distillation; ARGD, NAD and plain fine-tuning differ only in the weights
+  (`CleanseParams.effective_weights`);
+- FST's head (`ShiftedHead`): a re-initialised classifier head pushed away from the uploaded one;
+- adaptive SAM steps (`AdaptiveSAM`) instead of plain SGD steps.
+The loop is built for small clean subsets on a GPU:
 - the data sit on the device as uint8 tensors; a batch is an index slice of a permutation drawn from a seeded
   device generator and is augmented there, in batch (no per-image Python, no DataLoader workers);
 - the teacher runs in eval mode under `no_grad`; both networks' attention levels are read with `FeatureTap`;
@@ -12,8 +17,9 @@ clean subsets on a GPU:
 
 Resumability: the learning rate is a pure function of (epoch, position in epoch), so the "scheduler state" is
 the epoch counter. `state_dict()` holds the model, the loss module (embedding), the optimiser, the grad
-scaler, the device generator and the global RNG states, the history and the best-so-far model; a trainer
-restored from it after epoch k continues exactly as the uninterrupted run would have, bit for bit on CPU.
+scaler, the device generator and the global RNG states, FST's original head, the history and the best-so-far
+model; a trainer restored from it after epoch k continues exactly as the uninterrupted run would have, bit for
+bit on CPU.
 """
 
 from __future__ import annotations
@@ -28,19 +34,23 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from argd.core.architectures import get_architecture
 from argd.core.augment import Augmenter, Normalizer
 from argd.core.checkpoint import cpu_state
 from argd.core.data import ImageData
 from argd.core.device import amp_dtype, autocast, make_grad_scaler, seeded_generator
 from argd.core.errors import ArgdError, Cancelled, InvalidInput
 from argd.core.features import FeatureTap, default_node_weights, resolve_feature_layers
+from argd.core.head import ShiftedHead, find_head
 from argd.core.losses import ARGLoss, EmbeddingLoss
+from argd.core.losses.logit import logit_loss
 from argd.core.metrics import predict
 from argd.core.params import CleanseParams
+from argd.core.sam import AdaptiveSAM
 from argd.core.spec import ModelSpec
 
 Phase = Literal["teacher", "distill"]
-LOSS_NAMES = ("ce", "node", "edge", "emb", "total")
+LOSS_NAMES = ("ce", "node", "edge", "emb", "logit", "head", "total")
 #: Seconds between host syncs of the running losses for per-batch progress events.
 PROGRESS_SYNC_SECONDS = 1.0
 _PHASE_SEED_OFFSET = {"teacher": 1, "distill": 2}
@@ -66,6 +76,50 @@ class ProgressEvent:
 
 
 ProgressCallback = Callable[[ProgressEvent], None]
+
+
+@dataclass
+class Distillation:
+    """Everything the student learns from its teacher, in one place: the frozen teacher, the tapped levels
+    of both networks, the attention terms (None when only logits are distilled) and the logit weight."""
+
+    teacher: nn.Module
+    student_layers: list[str]
+    teacher_layers: list[str]
+    attention: ARGLoss | None
+    w_logit: float
+    temperature: float
+    student_tap: FeatureTap | None = None
+    teacher_tap: FeatureTap | None = None
+
+    def open(self, student: nn.Module) -> None:
+        """Start recording both networks' attention levels (nothing when no attention term runs)."""
+        if self.attention is not None:
+            self.student_tap = FeatureTap(student, self.student_layers).__enter__()
+            self.teacher_tap = FeatureTap(self.teacher, self.teacher_layers).__enter__()
+
+    def close(self) -> None:
+        for tap in (self.student_tap, self.teacher_tap):
+            if tap is not None:
+                tap.remove()
+        self.student_tap = self.teacher_tap = None
+
+    def teacher_logits(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return self.teacher(x)
+
+    def terms(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Unweighted node, edge, emb and logit terms, and their weighted sum "total"."""
+        zero = student_logits.new_zeros((), dtype=torch.float32)
+        out = {"node": zero, "edge": zero, "emb": zero, "logit": zero, "total": zero}
+        if self.attention is not None:
+            assert self.student_tap is not None and self.teacher_tap is not None
+            out.update(self.attention(self.student_tap.features, self.teacher_tap.features))
+            self.student_tap.clear()
+        if self.w_logit > 0:
+            out["logit"] = logit_loss(student_logits, teacher_logits, self.temperature)
+            out["total"] = out["total"] + self.w_logit * out["logit"]
+        return out
 
 
 def level_shapes(
@@ -128,57 +182,64 @@ class Trainer:
         self.scaler = make_grad_scaler(device, self.amp_dtype)
         self.generator = seeded_generator(device, params.seed * 10 + _PHASE_SEED_OFFSET[phase])
 
-        weights = params.effective_weights() if phase == "distill" else {"node": 0.0, "edge": 0.0, "emb": 0.0}
-        self.teacher: nn.Module | None = None
-        self.loss_fn: ARGLoss | None = None
-        self.layers: list[str] = []
-        self.teacher_layers: list[str] = []
-        if any(w > 0 for w in weights.values()):
+        self.recipe = params.recipe(phase)
+        self.distillation: Distillation | None = None
+        if self.recipe.distil:
             if teacher is None:
                 raise ValueError(f"method {params.method!r} distils from a teacher, but none was given")
-            self.teacher = teacher.eval().requires_grad_(False)
-            self.loss_fn = self._build_loss(weights, feature_layers, teacher_feature_layers, teacher_spec)
+            self.distillation = self._build_distillation(
+                teacher.eval().requires_grad_(False), feature_layers, teacher_feature_layers, teacher_spec
+            )
+        self.shifted_head: ShiftedHead | None = None
+        if self.recipe.head == "fst":
+            head = find_head(model, get_architecture(spec.architecture).head)
+            self.shifted_head = ShiftedHead(head, params.fst_alpha)
+            self.shifted_head.reinitialise(self.generator)
 
         self.model.train()
-        trainable = [p for p in self.model.parameters() if p.requires_grad]
-        if self.loss_fn is not None:
-            trainable += [p for p in self.loss_fn.parameters() if p.requires_grad]
+        model_params = [p for p in self.model.parameters() if p.requires_grad]
+        trainable = list(model_params)
+        if self.distillation is not None and self.distillation.attention is not None:
+            trainable += [p for p in self.distillation.attention.parameters() if p.requires_grad]
         self.optimizer = torch.optim.SGD(
             trainable,
             lr=self._lr(0, 0.0),
             momentum=params.momentum,
             nesterov=params.nesterov and params.momentum > 0,
-            weight_decay=params.weight_decay,
+            weight_decay=self.recipe.weight_decay,
         )
+        self.sam = AdaptiveSAM(model_params, self.recipe.sam_rho) if self.recipe.sam_rho > 0 else None
         self.epoch = 0  # epochs completed
         self.history: list[dict[str, Any]] = []
         self.best: dict[str, Any] | None = None  # {"epoch", "val_acc", "model"} when selecting by validation
 
     # ------------------------------------------------------------------ construction helpers
-    def _build_loss(
+    def _build_distillation(
         self,
-        weights: dict[str, float],
+        teacher: nn.Module,
         feature_layers: list[str] | None,
         teacher_feature_layers: list[str] | None,
         teacher_spec: ModelSpec | None,
-    ) -> ARGLoss:
-        assert self.teacher is not None
+    ) -> Distillation:
         params = self.params
-        self.layers = list(feature_layers or resolve_feature_layers(self.model, self.spec))
+        weights = params.effective_weights()
+        if not any(weights[t] > 0 for t in ("node", "edge", "emb")):
+            return Distillation(teacher, [], [], None, weights["logit"], params.kd_temperature)
+        layers = list(feature_layers or resolve_feature_layers(self.model, self.spec))
         t_spec = teacher_spec or self.spec
         if teacher_feature_layers:
-            self.teacher_layers = list(teacher_feature_layers)
+            teacher_layers = list(teacher_feature_layers)
         elif teacher_spec is not None:
-            self.teacher_layers = resolve_feature_layers(self.teacher, t_spec)
+            teacher_layers = resolve_feature_layers(teacher, t_spec)
         else:
-            self.teacher_layers = list(self.layers)
-        s_shapes = level_shapes(self.model, self.layers, self.spec, self.device)
-        t_shapes = level_shapes(self.teacher, self.teacher_layers, t_spec, self.device)
+            teacher_layers = list(layers)
+        s_shapes = level_shapes(self.model, layers, self.spec, self.device)
+        t_shapes = level_shapes(teacher, teacher_layers, t_spec, self.device)
         if (weights["node"] > 0 or weights["edge"] > 0) and len(s_shapes) != len(t_shapes):
             raise InvalidInput(
                 f"student has {len(s_shapes)} attention levels and teacher {len(t_shapes)}: the node and "
                 "edge losses need the same number of levels",
-                details={"student_layers": self.layers, "teacher_layers": self.teacher_layers},
+                details={"student_layers": layers, "teacher_layers": teacher_layers},
             )
         if weights["node"] > 0 and s_shapes != t_shapes:
             raise InvalidInput(
@@ -192,8 +253,8 @@ class Trainer:
         if len(beta) != len(s_shapes):
             raise InvalidInput(
                 f"beta has {len(beta)} node weights but the model has {len(s_shapes)} attention levels "
-                f"({', '.join(self.layers)})",
-                details={"beta": beta, "feature_layers": self.layers},
+                f"({', '.join(layers)})",
+                details={"beta": beta, "feature_layers": layers},
             )
         embedding = None
         if weights["emb"] > 0:
@@ -204,7 +265,7 @@ class Trainer:
                 trainable=params.embedding_trainable,
                 seed=params.seed,
             ).to(self.device)
-        return ARGLoss(
+        attention = ARGLoss(
             beta,
             w_node=weights["node"],
             w_edge=weights["edge"],
@@ -212,6 +273,25 @@ class Trainer:
             p=params.attention_p,
             embedding=embedding,
         )
+        return Distillation(
+            teacher, layers, teacher_layers, attention, weights["logit"], params.kd_temperature
+        )
+
+    @property
+    def layers(self) -> list[str]:
+        """The student's tapped attention levels (empty when no attention term runs)."""
+        return list(self.distillation.student_layers) if self.distillation is not None else []
+
+    @property
+    def beta(self) -> list[float] | None:
+        """The node weights used (None when no attention term runs)."""
+        if self.distillation is None or self.distillation.attention is None:
+            return None
+        return list(self.distillation.attention.beta)
+
+    @property
+    def attention(self) -> ARGLoss | None:
+        return self.distillation.attention if self.distillation is not None else None
 
     def _lr(self, epoch: int, progress: float) -> float:
         if self.phase == "teacher":
@@ -226,7 +306,8 @@ class Trainer:
             "epoch": self.epoch,
             "epochs": self.epochs,
             "model": cpu_state(self.model),
-            "loss_fn": cpu_state(self.loss_fn) if self.loss_fn is not None else None,
+            "loss_fn": cpu_state(self.attention) if self.attention is not None else None,
+            "shifted_head": self.shifted_head.state_dict() if self.shifted_head is not None else None,
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "device_type": self.device.type,
@@ -247,8 +328,10 @@ class Trainer:
                 code="bad_checkpoint",
             )
         self.model.load_state_dict(state["model"])
-        if self.loss_fn is not None and state.get("loss_fn") is not None:
-            self.loss_fn.load_state_dict(state["loss_fn"])
+        if self.attention is not None and state.get("loss_fn") is not None:
+            self.attention.load_state_dict(state["loss_fn"])
+        if self.shifted_head is not None and state.get("shifted_head") is not None:
+            self.shifted_head.load_state_dict(state["shifted_head"])
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
@@ -272,25 +355,21 @@ class Trainer:
         """Run the remaining epochs; returns the history. With selection "validation" the model ends with the
         weights of its best validation epoch."""
         self.model.train()
-        student_tap = FeatureTap(self.model, self.layers) if self.loss_fn is not None else None
-        teacher_tap = FeatureTap(self.teacher, self.teacher_layers) if self.loss_fn is not None else None
+        if self.distillation is not None:
+            self.distillation.open(self.model)
         try:
-            if student_tap is not None and teacher_tap is not None:
-                student_tap.__enter__()
-                teacher_tap.__enter__()
             while self.epoch < self.epochs:
-                self._run_epoch(student_tap, teacher_tap)
+                self._run_epoch()
                 if self.on_epoch_end is not None:
                     self.on_epoch_end(self)
         finally:
-            if student_tap is not None and teacher_tap is not None:
-                student_tap.remove()
-                teacher_tap.remove()
+            if self.distillation is not None:
+                self.distillation.close()
         if self.params.selection == "validation" and self.best is not None:
             self.model.load_state_dict(self.best["model"])
         return self.history
 
-    def _run_epoch(self, student_tap: FeatureTap | None, teacher_tap: FeatureTap | None) -> None:
+    def _run_epoch(self) -> None:
         epoch, started = self.epoch, time.perf_counter()
         x_all, y_all = self.train_data.x, self.train_data.y
         order = torch.randperm(len(self.train_data), generator=self.generator, device=self.device)
@@ -304,7 +383,7 @@ class Trainer:
                 group["lr"] = self._lr(epoch, batch / self.batches)
             index = order[batch * self.batch_size : (batch + 1) * self.batch_size]
             x = self.augment(x_all[index], self.generator)
-            losses = self._step(x, y_all[index], student_tap, teacher_tap)
+            losses = self._step(x, y_all[index])
             sums += losses
             if self.progress is not None:
                 now = time.monotonic()
@@ -361,37 +440,65 @@ class Trainer:
                 )
             )
 
-    def _step(
-        self, x: torch.Tensor, y: torch.Tensor, student_tap: FeatureTap | None, teacher_tap: FeatureTap | None
-    ) -> torch.Tensor:
-        """One optimisation step; returns the detached [ce, node, edge, emb, total] on the device."""
+    def _step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """One optimisation step (two passes with SAM); returns the detached LOSS_NAMES values of the first
+        pass on the device."""
         with autocast(self.device, self.amp_dtype):
-            logits = self.model(x)
-            ce = F.cross_entropy(logits.float(), y)
-            if self.loss_fn is not None:
-                assert self.teacher is not None and student_tap is not None and teacher_tap is not None
-                with torch.no_grad():
-                    self.teacher(x)
-                terms = self.loss_fn(student_tap.features, teacher_tap.features)
-                loss = ce + terms["total"]
-                values = torch.stack([ce, terms["node"], terms["edge"], terms["emb"], loss])
-            else:
-                loss = ce
-                values = torch.stack([ce, ce.new_zeros(()), ce.new_zeros(()), ce.new_zeros(()), loss])
-        self._optimise(loss)
-        if student_tap is not None and teacher_tap is not None:
-            student_tap.clear()
-            teacher_tap.clear()
+            teacher_logits = self.distillation.teacher_logits(x) if self.distillation is not None else None
+            loss, values = self._loss(x, y, teacher_logits)
+        if self.sam is None:
+            self._backward(loss)
+        else:
+            self._backward(loss)
+            scale = float(self.scaler.get_scale()) if self.scaler is not None else 1.0
+            if not self.sam.ascend(scale):
+                self._skip_step()
+                return values.detach()
+            with autocast(self.device, self.amp_dtype):
+                perturbed, _ = self._loss(x, y, teacher_logits)
+            self._backward(perturbed)
+            self.sam.descend_from_original()
+        self._apply_step()
+        if self.distillation is not None and self.distillation.teacher_tap is not None:
+            self.distillation.teacher_tap.clear()
         return values.detach()
 
-    def _optimise(self, loss: torch.Tensor) -> None:
-        """Backpropagate `loss` and take one optimiser step (through the AMP grad scaler when there is one),
-        leaving the gradients cleared for the next batch."""
+    def _loss(
+        self, x: torch.Tensor, y: torch.Tensor, teacher_logits: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(total loss, stacked LOSS_NAMES values) of the student on one batch."""
+        logits = self.model(x)
+        ce = F.cross_entropy(logits.float(), y, label_smoothing=self.recipe.label_smoothing)
+        zero = ce.new_zeros(())
+        terms = {"node": zero, "edge": zero, "emb": zero, "logit": zero, "total": zero}
+        if self.distillation is not None:
+            assert teacher_logits is not None
+            terms = self.distillation.terms(logits, teacher_logits)
+        head = self.shifted_head.penalty() if self.shifted_head is not None else zero
+        loss = ce + terms["total"] + head
+        values = torch.stack([ce, terms["node"], terms["edge"], terms["emb"], terms["logit"], head, loss])
+        return loss, values
+
+    def _backward(self, loss: torch.Tensor) -> None:
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
+        else:
+            loss.backward()
+
+    def _apply_step(self) -> None:
+        """One optimiser step (through the AMP grad scaler when there is one), FST's renormalisation, and the
+        gradients cleared for the next batch."""
+        if self.scaler is not None:
             self.scaler.step(self.optimizer)
             self.scaler.update()
         else:
-            loss.backward()
             self.optimizer.step()
+        if self.shifted_head is not None:
+            self.shifted_head.renormalise()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def _skip_step(self) -> None:
+        """Drop a step whose gradients overflowed (fp16): back the loss scale off, as the scaler would."""
+        if self.scaler is not None:
+            self.scaler.update(float(self.scaler.get_scale()) * self.scaler.get_backoff_factor())
         self.optimizer.zero_grad(set_to_none=True)

@@ -265,11 +265,11 @@ def test_nad_trainer_computes_exactly_the_node_loss() -> None:
         teacher=teacher,
         feature_layers=["level1", "level2"],
     )
-    assert trainer.loss_fn is not None and trainer.loss_fn.embedding is None
-    assert trainer.loss_fn.weights == {"node": 2.0, "edge": 0.0, "emb": 0.0}
+    assert trainer.attention is not None and trainer.attention.embedding is None
+    assert trainer.attention.weights == {"node": 2.0, "edge": 0.0, "emb": 0.0}
     student_features = [torch.randn(4, 4, 8, 8), torch.randn(4, 8, 4, 4)]
     teacher_features = [torch.randn(4, 4, 8, 8), torch.randn(4, 8, 4, 4)]
-    terms = trainer.loss_fn(student_features, teacher_features)
+    terms = trainer.attention(student_features, teacher_features)
     node = node_loss(attention_maps(student_features), attention_maps(teacher_features), [3.0, 5.0])
     assert terms["total"].item() == pytest.approx(2.0 * node.item())
     assert terms["edge"].item() == 0.0 and terms["emb"].item() == 0.0

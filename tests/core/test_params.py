@@ -29,7 +29,10 @@ def test_defaults_are_valid_and_json_friendly() -> None:
         ("lr", 0, "greater than 0"),
         ("batch_size", 1, "greater than or equal to 2"),
         ("val_fraction", 0.6, "less than or equal to 0.5"),
-        ("method", "prune", "'argd', 'nad' or 'finetune'"),
+        ("method", "prune", "'argd', 'nad', 'finetune', 'fst' or 'ft-sam'"),
+        ("teacher", "random", "'finetune', 'fst', 'sam' or 'uploaded'"),
+        ("student_head", "drop", "'keep' or 'fst'"),
+        ("sam_rho", 0, "greater than 0"),
         ("amp", "fp8", "'auto', 'bf16', 'fp16' or 'off'"),
         ("w_edge", -1, "greater than or equal to 0"),
         ("unknown_field", 1, "Extra inputs are not permitted"),
@@ -68,10 +71,12 @@ def test_presets_take_validated_overrides() -> None:
 
 def test_method_decides_the_effective_weights() -> None:
     base = {"w_node": 2.0, "w_edge": 3.0, "w_emb": 4.0}
-    assert CleanseParams(method="argd", **base).effective_weights() == {"node": 2.0, "edge": 3.0, "emb": 4.0}
-    assert CleanseParams(method="nad", **base).effective_weights() == {"node": 2.0, "edge": 0.0, "emb": 0.0}
+    argd = CleanseParams(method="argd", w_logit=0.5, **base).effective_weights()
+    assert argd == {"node": 2.0, "edge": 3.0, "emb": 4.0, "logit": 0.5}
+    nad = CleanseParams(method="nad", w_logit=0.5, **base).effective_weights()
+    assert nad == {"node": 2.0, "edge": 0.0, "emb": 0.0, "logit": 0.0}
     finetune = CleanseParams(method="finetune", **base)
-    assert finetune.effective_weights() == {"node": 0.0, "edge": 0.0, "emb": 0.0}
+    assert finetune.effective_weights() == {"node": 0.0, "edge": 0.0, "emb": 0.0, "logit": 0.0}
     assert not finetune.needs_teacher and CleanseParams(method="nad").needs_teacher
 
 

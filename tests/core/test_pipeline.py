@@ -32,7 +32,13 @@ def task() -> dict[str, object]:
     torch.manual_seed(0)
     model = build_model(SPEC)
     fit = CleanseParams(
-        teacher_epochs=6, teacher_lr=0.05, batch_size=64, flip=False, cutout=0, crop_padding=0
+        teacher="finetune",
+        teacher_epochs=6,
+        teacher_lr=0.05,
+        batch_size=64,
+        flip=False,
+        cutout=0,
+        crop_padding=0,
     )
     Trainer(model, train, SPEC, fit, phase="teacher", device=torch.device("cpu")).fit()
     test = bar_images(200, seed=2)
@@ -145,11 +151,28 @@ def test_finetune_skips_the_teacher_and_a_given_teacher_is_used_as_is(task: dict
 
     teacher = copy.deepcopy(task["model"])
     teacher_before = copy.deepcopy(teacher)
-    nad = cleanse(task, quick(method="nad"), teacher=teacher)
+    nad = cleanse(task, quick(method="nad", teacher="uploaded"), teacher=teacher)
     assert {h["phase"] for h in nad.history} == {"distill"}
     assert nad.metrics["teacher"] == nad.metrics["before"]  # the given teacher is the uploaded model here
     assert states_equal(teacher, teacher_before)
     assert all(h["losses"]["edge"] == 0.0 and h["losses"]["emb"] == 0.0 for h in nad.history)
+
+
+@pytest.mark.parametrize(
+    ("params", "uploaded", "message"),
+    [
+        ({"method": "fst"}, True, "learns from no teacher"),
+        ({"method": "finetune"}, True, "learns from no teacher"),
+        ({"method": "argd", "teacher": "fst"}, True, "set teacher to 'uploaded'"),
+        ({"method": "nad", "teacher": "uploaded"}, False, "needs a teacher model"),
+    ],
+)
+def test_bad_teacher_combinations_are_refused_before_training(
+    task: dict[str, object], params: dict[str, object], uploaded: bool, message: str
+) -> None:
+    teacher = copy.deepcopy(task["model"]) if uploaded else None
+    with pytest.raises(InvalidInput, match=message):
+        cleanse(task, quick(**params), teacher=teacher)
 
 
 def test_validation_selection(task: dict[str, object]) -> None:

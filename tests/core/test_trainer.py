@@ -79,8 +79,8 @@ def test_resume_from_checkpoint_equals_uninterrupted_run(data: ImageData, tmp_pa
 
     assert len(resumed_history) == len(full_history) == 3
     assert states_equal(student3.state_dict(), student.state_dict())
-    assert full.loss_fn is not None and resumed.loss_fn is not None
-    assert states_equal(resumed.loss_fn.state_dict(), full.loss_fn.state_dict())
+    assert full.attention is not None and resumed.attention is not None
+    assert states_equal(resumed.attention.state_dict(), full.attention.state_dict())
     assert [h["losses"] for h in resumed_history] == [h["losses"] for h in full_history]
 
 
@@ -133,7 +133,7 @@ def test_progress_events_arrive_in_order(data: ImageData) -> None:
     assert all(e.phase == "distill" and e.epochs == 2 and e.batches == 3 for e in events)
     ends = [e for e in events if e.end_of_epoch]
     assert [e.losses for e in ends] == [h["losses"] for h in trainer.history]
-    assert set(ends[0].losses) == {"ce", "node", "edge", "emb", "total"}
+    assert set(ends[0].losses) == {"ce", "node", "edge", "emb", "logit", "head", "total"}
     assert all(ends[0].losses[k] > 0 for k in ("ce", "node", "edge", "emb"))
 
 
@@ -151,15 +151,15 @@ def test_teacher_stays_frozen_and_embedding_trains_only_when_trainable(data: Ima
             device=CPU,
             teacher=teacher,
         )
-        assert trainer.loss_fn is not None and trainer.loss_fn.embedding is not None
-        embedding_before = copy.deepcopy(trainer.loss_fn.embedding.state_dict())
+        assert trainer.attention is not None and trainer.attention.embedding is not None
+        embedding_before = copy.deepcopy(trainer.attention.embedding.state_dict())
         trainer.fit()
         assert states_equal(teacher.state_dict(), teacher_before), "the teacher (incl. BN statistics) changed"
         assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
         assert not states_equal(student.state_dict(), student_before)
         moved = [
             name
-            for name, value in trainer.loss_fn.embedding.named_parameters()
+            for name, value in trainer.attention.embedding.named_parameters()
             if not torch.equal(value, embedding_before[name])
         ]
         assert bool(moved) == trainable, f"trainable={trainable} but moved parameters: {moved}"
@@ -168,7 +168,7 @@ def test_teacher_stays_frozen_and_embedding_trains_only_when_trainable(data: Ima
 def test_finetune_needs_no_teacher_and_distillation_does(data: ImageData) -> None:
     student, _ = fresh_pair()
     trainer = Trainer(student, data, SPEC, params(method="finetune", epochs=1), phase="distill", device=CPU)
-    assert trainer.loss_fn is None
+    assert trainer.attention is None
     history = trainer.fit()
     assert history[0]["losses"]["node"] == 0.0 and history[0]["losses"]["total"] == history[0]["losses"]["ce"]
     with pytest.raises(ValueError, match="none was given"):

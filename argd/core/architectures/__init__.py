@@ -51,6 +51,8 @@ class ArchitectureInfo:
     kwargs: dict[str, ArchKwarg] = field(default_factory=dict)
     feature_layers: list[str] | None = None
     node_weights: list[float] | None = None
+    #: The final nn.Linear classifier (what feature-shift tuning re-initialises); None: no clear linear head.
+    head: str | None = None
 
     @property
     def allowed_kwargs(self) -> list[str]:
@@ -73,6 +75,7 @@ def _registry() -> dict[str, ArchitectureInfo]:
                 kwargs={"dropout": _DROPOUT},
                 feature_layers=["block1", "block2", "block3"],
                 node_weights=[2000.0, 5000.0, 2000.0],
+                head="fc",
             )
         )
     entries.append(
@@ -83,6 +86,7 @@ def _registry() -> dict[str, ArchitectureInfo]:
             builder=build_preact_resnet18,
             feature_layers=["layer2", "layer3", "layer4"],
             node_weights=[DEFAULT_LEVEL_WEIGHT] * 3,
+            head="linear",
         )
     )
     for depth in (18, 34, 50):
@@ -95,6 +99,7 @@ def _registry() -> dict[str, ArchitectureInfo]:
                 kwargs={"small_input": _SMALL_INPUT},
                 feature_layers=["layer2", "layer3", "layer4"],
                 node_weights=[DEFAULT_LEVEL_WEIGHT] * 3,
+                head="fc",
             )
         )
     vgg_kwargs = {
@@ -112,6 +117,7 @@ def _registry() -> dict[str, ArchitectureInfo]:
                 description=f"VGG-{depth} with batch norm (torchvision layout)",
                 builder=partial(build_vgg, depth),
                 kwargs=vgg_kwargs,
+                head="classifier.6",
             )
         )
     entries.append(
@@ -125,6 +131,7 @@ def _registry() -> dict[str, ArchitectureInfo]:
                 "width_mult": ArchKwarg(float, "channel multiplier (default 1.0)"),
                 "dropout": _DROPOUT,
             },
+            head="classifier.1",
         )
     )
     entries.append(
@@ -136,6 +143,7 @@ def _registry() -> dict[str, ArchitectureInfo]:
             kwargs={"width": ArchKwarg(int, "channels of the first stage (default 16)")},
             feature_layers=["stage1", "stage2", "stage3"],
             node_weights=[DEFAULT_LEVEL_WEIGHT] * 3,
+            head="fc",
         )
     )
     return {entry.id: entry for entry in entries}
