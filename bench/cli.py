@@ -20,6 +20,16 @@ def _csv(value: str) -> list[str]:
     return items
 
 
+def _int_csv(value: str) -> list[int]:
+    try:
+        items = [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated whole numbers, got {value!r}") from None
+    if not items or any(v < 0 for v in items):
+        raise argparse.ArgumentTypeError("expected comma-separated whole numbers >= 0")
+    return items
+
+
 def positive_int(value: str) -> int:
     """An argparse type: a whole number above zero (also what the service benchmarks' flags take)."""
     number = int(value)
@@ -74,7 +84,12 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 def _add_defense_options(d: argparse.ArgumentParser) -> None:
     _add_common(d)
-    d.add_argument("--attacks", type=_csv, help=f"comma-separated subset of {','.join(ALL_ATTACKS)}")
+    d.add_argument(
+        "--attacks",
+        type=_csv,
+        help=f"comma-separated rows: attacks among {','.join(ALL_ATTACKS)}, each optionally at its own "
+        "poisoning rate (badnets@0.01); default: all seven and badnets@0.01,blend@0.01",
+    )
     d.add_argument(
         "--target", type=int, default=0, help="target label of every attack (default: %(default)s)"
     )
@@ -114,7 +129,22 @@ def _add_defense_options(d: argparse.ArgumentParser) -> None:
     d.add_argument(
         "--defences",
         type=_csv,
-        help="defences to run (default: finetune,nad,argd; the reference column is --reference)",
+        help="defences to run (default: finetune,nad,fst,ft-sam,argd; the reference column is --reference)",
+    )
+    d.add_argument(
+        "--seeds",
+        type=_int_csv,
+        help="run the --seed-defences again with each of these seeds (e.g. 0,1,2) and report mean and spread",
+    )
+    d.add_argument(
+        "--seed-defences", type=_csv, help="defences that --seeds repeats (default: argd,fst,ft-sam)"
+    )
+    d.add_argument(
+        "--retune",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="run the retuning attack (5 poisoned images, 5 epochs) on every cleansed model and the clean "
+        "model (default: on)",
     )
     d.add_argument(
         "--preset", default="default", help="CleanseParams preset of all defences (default|reference)"

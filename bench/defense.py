@@ -1,14 +1,20 @@
-"""`argd bench defense`: fine-tuning vs NAD vs ARGD on backdoored models, one row per attack.
+"""`argd bench defense`: fine-tuning, NAD, FST, FT-SAM and ARGD on backdoored models, one row per attack.
 
-For every attack: a backdoored model is trained with augmentation (or loaded from the cache), a clean subset
-is drawn (seeded) from the training images the attack left untouched, and every defence runs through the
-engine's `run_cleanse` on that same subset, with the same seed, schedule and epoch budget, and is evaluated on
-the same clean test set (ACC) and triggered non-target test set (ASR). Plain fine-tuning is the same trainer
-with every distillation weight at 0 and ARGD's schedule, so the comparison is fair.
+For every row (an attack, or an attack at its own poisoning rate such as `badnets@0.01`): a backdoored model
+is trained with augmentation (or loaded from the cache), a clean subset is drawn (seeded) from the training
+images the attack left untouched, and every defence runs through the engine's `run_cleanse` on that same
+subset, with the same seed and epoch budget, and is evaluated on the same clean test set (ACC) and triggered
+non-target test set (ASR). The baselines are the same trainer at their published settings: plain fine-tuning,
+NAD (a fine-tuned teacher, node term only), FST and FT-SAM.
 
-NAD and ARGD distil from the same teacher: its fine-tuning depends only on the teacher settings, the seed and
-the clean subset, so it is trained once per attack and settings and handed to each run (the result is what
-each run would have computed for itself, without paying for it twice).
+Then every cleansed model, and the clean model as the floor, faces the retuning attack (`bench.retune`): a
+short fine-tuning with five poisoned images mixed in, after which the ASR is measured again. With `--seeds`,
+the defences of `--seed-defences` run again with each further seed (same victims, same clean subset), and the
+tables give the mean and the spread.
+
+Runs that share a teacher recipe share the teacher: it depends only on the teacher settings, the seed and the
+clean subset, so it is made once per row and settings and handed to each run (the result is what each run
+would have computed for itself, without paying for it twice).
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import math
 import platform
 import time
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +57,7 @@ from bench.backdoor import (
 )
 from bench.cli import ALL_ATTACKS, QUICK_ATTACKS
 from bench.report import summarise, write_defense_report
+from bench.retune import retune_asr, split_retune_images
 from bench.speed import device_description
 
 #: ARGD variants for the ablation switches: name -> (description, CleanseParams overrides on ARGD's params).
@@ -67,7 +75,16 @@ ABLATIONS: dict[str, tuple[str, dict[str, Any]]] = {
     "node-x0.5": ("node weight halved", {"w_node_scale": 0.5}),
     "node-x2": ("node weight doubled", {"w_node_scale": 2.0}),
 }
-DEFENCES = ("finetune", "nad", "argd")
+DEFENCES = ("finetune", "nad", "fst", "ft-sam", "argd")
+#: The baselines' published settings where they differ from the shared defaults: NAD distils from a
+#: plainly fine-tuned teacher (Li et al., ICLR 2021).
+BASELINE_SETTINGS: dict[str, dict[str, Any]] = {"nad": {"teacher": "finetune"}}
+#: Rows at a low poisoning rate, where plain fine-tuning fails most (FST's paper).
+LOW_RATE_ROWS = ("badnets@0.01", "blend@0.01")
+#: Defences that run on every seed of `--seeds` (the default ARGD and the two strongest baselines).
+SEED_DEFENCES = ("argd", "fst", "ft-sam")
+#: Attacks whose trigger is a local patch (the retuning target compares these with the clean floor).
+PATCH_ATTACKS = ("badnets", "trojan", "cl")
 DEFAULT_ABLATIONS = ("frozen-embedding", "no-edge", "no-embedding", "uniform-beta")
 DEFAULT_ABLATION_ATTACKS = ("badnets", "blend")
 #: Fields of CleanseParams that determine the teacher (same values -> same teacher).
@@ -98,7 +115,7 @@ class DefenseConfig:
     """Every setting of a defence benchmark run (all of it goes into the JSON)."""
 
     out: Path = Path("bench-results/defense")
-    attacks: list[str] = field(default_factory=lambda: list(ALL_ATTACKS))
+    attacks: list[str] = field(default_factory=lambda: [*ALL_ATTACKS, *LOW_RATE_ROWS])
     data_root: Path = Path("/usr/share/datasets/fashion-mnist")
     train_npz: Path | None = None
     test_npz: Path | None = None
@@ -126,6 +143,23 @@ class DefenseConfig:
     amp: str = "auto"
     threads: int | None = None
     quick: bool = False
+    retune: bool = True
+    seeds: list[int] = field(default_factory=list)
+    seed_defences: list[str] = field(default_factory=lambda: list(SEED_DEFENCES))
+
+
+def split_row(row: str) -> tuple[str, float | None]:
+    """("badnets", 0.01) for the row "badnets@0.01"; (attack, None) for a row at the attack's own rate."""
+    attack, at, rate = row.partition("@")
+    if not at:
+        return row, None
+    try:
+        value = float(rate)
+    except ValueError:
+        raise InvalidInput(f"row {row!r}: the poisoning rate after '@' must be a number") from None
+    if not 0.0 < value <= 1.0:
+        raise InvalidInput(f"row {row!r}: the poisoning rate must be in (0, 1]")
+    return attack, value
 
 
 def _parse_override(text: str) -> tuple[str, Any]:
@@ -151,15 +185,19 @@ def _attack_settings(texts: list[str]) -> dict[str, dict[str, Any]]:
     return settings
 
 
-def attack_rate(config: DefenseConfig, attack: str) -> float:
-    """The poisoning rate of `attack`: its own `rate` setting if it has one, else the clean-label rate for
-    clean-label attacks and the dirty-label rate for the others."""
+def attack_rate(config: DefenseConfig, row: str) -> float:
+    """The poisoning rate of `row`: the rate after its '@', else its attack's own `rate` setting if it has
+    one, else the clean-label rate for clean-label attacks and the dirty-label rate for the others."""
+    attack, rate = split_row(row)
+    if rate is not None:
+        return rate
     default = config.clean_label_rate if ATTACKS[attack].clean_label else config.poison_rate
     return float(config.attack_settings.get(attack, {}).get("rate", default))
 
 
-def attack_kwargs(config: DefenseConfig, attack: str) -> dict[str, Any]:
-    """The settings `make_attack` takes for `attack` (its rate is passed separately)."""
+def attack_kwargs(config: DefenseConfig, row: str) -> dict[str, Any]:
+    """The settings `make_attack` takes for the attack of `row` (its rate is passed separately)."""
+    attack, _ = split_row(row)
     return {k: v for k, v in config.attack_settings.get(attack, {}).items() if k != "rate"}
 
 
@@ -183,7 +221,7 @@ def config_from_args(args: argparse.Namespace) -> DefenseConfig:
         ablations = list(args.ablations)
     config = DefenseConfig(
         out=args.out or Path("bench-results/defense-quick" if quick else "bench-results/defense"),
-        attacks=list(args.attacks or (QUICK_ATTACKS if quick else ALL_ATTACKS)),
+        attacks=list(args.attacks or (QUICK_ATTACKS if quick else (*ALL_ATTACKS, *LOW_RATE_ROWS))),
         data_root=args.data_root,
         train_npz=args.train_npz,
         test_npz=args.test_npz,
@@ -211,6 +249,9 @@ def config_from_args(args: argparse.Namespace) -> DefenseConfig:
         amp=args.amp,
         threads=args.threads,
         quick=quick,
+        retune=bool(args.retune),
+        seeds=list(args.seeds or []),
+        seed_defences=list(args.seed_defences or SEED_DEFENCES),
     )
     validate(config)
     return config
@@ -218,20 +259,26 @@ def config_from_args(args: argparse.Namespace) -> DefenseConfig:
 
 def validate(config: DefenseConfig) -> None:
     """Reject unknown attacks, ablations and parameter overrides before anything is trained."""
-    unknown = [a for a in config.attacks if a not in ATTACKS]
+    unknown = [a for a in config.attacks if split_row(a)[0] not in ATTACKS]
     if unknown:
-        raise InvalidInput(f"unknown attack(s) {', '.join(unknown)}; known: {', '.join(ATTACKS)}")
+        raise InvalidInput(
+            f"unknown attack(s) {', '.join(unknown)}; known: {', '.join(ATTACKS)} (a row may add its own "
+            "poisoning rate, e.g. badnets@0.01)"
+        )
     unknown = [a for a in config.attack_settings if a not in ATTACKS]
     if unknown:
         raise InvalidInput(f"--attack-set names unknown attack(s) {', '.join(unknown)}")
-    for attack in config.attacks:  # build each attack once, so a bad setting fails before any training
+    for row in config.attacks:  # build each attack once, so a bad setting fails before any training
         try:
-            make_attack(attack, rate=attack_rate(config, attack), **attack_kwargs(config, attack))
+            make_attack(split_row(row)[0], rate=attack_rate(config, row), **attack_kwargs(config, row))
         except (TypeError, ValueError) as exc:
-            raise InvalidInput(f"bad --attack-set value for {attack}: {exc}") from exc
+            raise InvalidInput(f"bad --attack-set value for {row}: {exc}") from exc
     unknown = [d for d in config.defences if d not in DEFENCES]
     if unknown:
         raise InvalidInput(f"unknown defence(s) {', '.join(unknown)}; known: {', '.join(DEFENCES)}")
+    unknown = [d for d in config.seed_defences if d not in DEFENCES]
+    if unknown:
+        raise InvalidInput(f"unknown --seed-defences {', '.join(unknown)}; known: {', '.join(DEFENCES)}")
     unknown = [a for a in config.ablations if a not in ABLATIONS]
     if unknown:
         raise InvalidInput(f"unknown ablation(s) {', '.join(unknown)}; known: {', '.join(ABLATIONS)}")
@@ -340,7 +387,7 @@ def defence_params(
             overrides["lr_per_epoch"] = None
     if config.teacher_epochs is not None:
         overrides["teacher_epochs"] = config.teacher_epochs
-    merged = {**overrides, **extra}
+    merged = {**BASELINE_SETTINGS.get(method, {}), **overrides, **extra}
     scales = {k.removesuffix("_scale"): float(merged.pop(k)) for k in list(merged) if k.endswith("_scale")}
     uniform = bool(merged.pop("beta_uniform", False))
     params = CleanseParams.preset(
@@ -419,15 +466,19 @@ def run_defence(
     config: DefenseConfig,
     label: str,
     log: Any,
+    retune: Any = None,
 ) -> dict[str, Any]:
-    """One `run_cleanse` call; returns its metrics, timings, term magnitudes and effective parameters."""
+    """One `run_cleanse` call; returns its metrics, timings, term magnitudes and effective parameters, and,
+    with `retune` (cleansed model -> {"asr", "seconds"}), the retuning attack's result."""
     teacher, teacher_seconds, teacher_history = (None, 0.0, [])
     if params.needs_teacher:
         teacher, teacher_seconds, teacher_history = teachers.get(params, label)
+    # The shared teacher goes in as an uploaded one: exactly what this run would have made for itself.
+    run_params = params.model_copy(update={"teacher": "uploaded"}) if teacher is not None else params
     result = run_cleanse(
         victim.model,
         spec,
-        params,
+        run_params,
         clean,
         test=test,
         poisoned=victim.eval_set,
@@ -445,7 +496,8 @@ def run_defence(
         {
             when: {
                 "ce": h["losses"]["ce"],
-                **{t: weights[t] * h["losses"][t] for t in ("node", "edge", "emb")},
+                **{t: weights[t] * h["losses"][t] for t in ("node", "edge", "emb", "logit")},
+                "head": h["losses"].get("head", 0.0),
             }
             for when, h in (("first_epoch", distill[0]), ("last_epoch", distill[-1]))
         }
@@ -454,6 +506,7 @@ def run_defence(
     )
     row = {
         "method": params.method,
+        "seed": params.seed,
         "acc": after["acc"],
         "asr": after["asr"],
         "ra": after["ra"],
@@ -467,12 +520,37 @@ def run_defence(
         "history": teacher_history + result.history,
         "params": params.model_dump(),
         "selection": result.selection,
+        "wall_seconds": result.seconds + teacher_seconds,
     }
+    if retune is not None:
+        row["retune"] = retune(result.model)
+    retuned = f", after retuning {_pct(row['retune']['asr'])} %" if retune is not None else ""
     log(
-        f"{label} {name}: ACC {100 * (after['acc'] or 0):.2f} % ASR {100 * (after['asr'] or 0):.2f} % "
+        f"{label} {name}: ACC {_pct(after['acc'])} % ASR {_pct(after['asr'])} %{retuned} "
         f"({result.seconds + teacher_seconds:.1f}s)"
     )
     return row
+
+
+def seed_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean, population standard deviation, min and max of ACC, ASR, retuned ASR and wall time over the
+    runs of one defence on one row (one run per seed)."""
+
+    def stats(values: list[float]) -> dict[str, float]:
+        mean = sum(values) / len(values)
+        std = math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
+        return {"mean": mean, "std": std, "min": min(values), "max": max(values)}
+
+    metrics = {
+        "acc": [r["acc"] for r in runs],
+        "asr": [r["asr"] for r in runs],
+        "retune_asr": [r["retune"]["asr"] for r in runs if r.get("retune")],
+        "wall_seconds": [r["wall_seconds"] for r in runs],
+    }
+    return {
+        "seeds": [r["seed"] for r in runs],
+        **{k: stats(vs) for k, vs in metrics.items() if vs and all(v is not None for v in vs)},
+    }
 
 
 # -------------------------------------------------------------------------------------------- checks
@@ -512,39 +590,64 @@ def target_checks(results: dict[str, Any]) -> list[dict[str, Any]]:
     argd = {a: r["defences"]["argd"] for a, r in attacks.items() if "argd" in r["defences"]}
     if not argd:
         return checks
-    high = {a: m["asr"] for a, m in argd.items() if m["asr"] > 0.05}
+    above2 = {a: m["asr"] for a, m in argd.items() if m["asr"] > 0.02}
     add(
-        "ARGD ASR <= 5 % on every attack",
-        not high,
-        ", ".join(f"{a} {pct(v)}" for a, v in high.items()) or "all",
+        "ARGD ASR <= 2 % on every row",
+        not above2,
+        "above: " + (", ".join(f"{a} {pct(v)}" for a, v in above2.items()) or "none"),
     )
-    above2 = [a for a, m in argd.items() if m["asr"] > 0.02]
-    add("ARGD ASR <= 2 % (aim)", not above2, "above: " + (", ".join(above2) or "none"))
-    drops = {a: attacks[a]["backdoor"]["acc"] - m["acc"] for a, m in argd.items()}
-    big = {a: d for a, d in drops.items() if d > 0.02}
+    above5 = {a: m["asr"] for a, m in argd.items() if m["asr"] > 0.05}
     add(
-        "ARGD ACC drop <= 2 points",
+        "ARGD ASR never above 5 %",
+        not above5,
+        "above: " + (", ".join(f"{a} {pct(v)}" for a, v in above5.items()) or "none"),
+    )
+    drops = {a: attacks[a]["backdoor"]["acc"] - m["acc"] for a, m in argd.items()}
+    big = {a: d for a, d in drops.items() if d > 0.015}
+    add(
+        "ARGD ACC drop <= 1.5 points on every row",
         not big,
         f"max drop {pct(max(drops.values()))}; above: " + (", ".join(big) or "none"),
     )
-    with_nad = [a for a in argd if "nad" in attacks[a]["defences"]]
-    if with_nad:
-        wins = [a for a in with_nad if argd[a]["asr"] <= attacks[a]["defences"]["nad"]["asr"]]
-        needed = math.ceil(5 / 7 * len(with_nad))
-        add(
-            f"ARGD ASR <= NAD's on at least {needed} of {len(with_nad)} attacks",
-            len(wins) >= needed,
-            f"{len(wins)} of {len(with_nad)}",
-        )
+    mean_drop = sum(drops.values()) / len(drops)
+    add("ARGD mean ACC drop <= 1.0 point", mean_drop <= 0.01, f"mean drop {pct(mean_drop)}")
     summary = summarise(results)
-    for other in ("nad", "finetune"):
+    for other in ("finetune", "nad", "fst", "ft-sam"):
         if other in summary:
-            a, b = summary["argd"]["asr"], summary[other]["asr"]
+            a, b = summary["argd"], summary[other]
             add(
-                f"ARGD mean ASR strictly below {other}'s",
-                a is not None and b is not None and a < b,
-                f"{pct(a)} vs {pct(b)}",
+                f"ARGD mean ASR strictly below {other}'s at equal or better mean ACC",
+                a["asr"] is not None
+                and b["asr"] is not None
+                and a["asr"] < b["asr"]
+                and (a["acc"] or 0) >= (b["acc"] or 0),
+                f"ASR {pct(a['asr'])} vs {pct(b['asr'])}, ACC {pct(a['acc'])} vs {pct(b['acc'])}",
             )
+    retuned = {
+        a: (r["defences"]["argd"].get("retune") or {}).get("asr")
+        for a, r in attacks.items()
+        if "argd" in r["defences"]
+    }
+    if all(v is not None for v in retuned.values()):
+        fst = [(r["defences"].get("fst", {}).get("retune") or {}).get("asr") for r in attacks.values()]
+        if fst and all(v is not None for v in fst):
+            mine, theirs = sum(retuned.values()) / len(retuned), sum(fst) / len(fst)  # type: ignore[arg-type]
+            add(
+                "ARGD mean ASR after retuning below FST's",
+                mine < theirs,
+                f"{pct(mine)} vs {pct(theirs)}",
+            )
+        far = {
+            a: (v, (attacks[a].get("retune_floor") or {}).get("asr"))
+            for a, v in retuned.items()
+            if split_row(a)[0] in PATCH_ATTACKS
+        }
+        off = {a: (v, f) for a, (v, f) in far.items() if f is None or v is None or v - f > 0.10}
+        add(
+            "ARGD retuned ASR within 10 points of the clean model's floor on the patch attacks",
+            not off,
+            ", ".join(f"{a} {pct(v)} vs floor {pct(f)}" for a, (v, f) in far.items()) or "no patch rows",
+        )
     return checks
 
 
@@ -636,14 +739,23 @@ def run_defense(config: DefenseConfig, memo: dict[str, Any] | None = None) -> di
     }
 
     def defend(
-        name: str, p: CleanseParams, victim: Victim, clean: ImageData, teachers: TeacherCache, label: str
+        name: str,
+        p: CleanseParams,
+        victim: Victim,
+        clean: ImageData,
+        teachers: TeacherCache,
+        label: str,
+        retune: Any = None,
     ) -> dict[str, Any]:
         exclude = set(TEACHER_FIELDS) - {"seed", "batch_size", "amp"} if not p.needs_teacher else set()
-        key = f"{victim.key}|{len(clean)}|{len(test)}|{device}|{p.model_dump_json(exclude=exclude)}"
+        key = (
+            f"{victim.key}|{len(clean)}|{len(test)}|{device}|{retune is not None}|"
+            f"{p.model_dump_json(exclude=exclude)}"
+        )
         if memo is not None and key in memo:
             log(f"{label} {name}: same run as before, result reused")
             return copy.deepcopy(memo[key])
-        row = run_defence(name, p, victim, spec, clean, test, teachers, config, label, log)
+        row = run_defence(name, p, victim, spec, clean, test, teachers, config, label, log, retune)
         if memo is not None:
             memo[key] = copy.deepcopy(row)
         return row
@@ -651,7 +763,7 @@ def run_defense(config: DefenseConfig, memo: dict[str, Any] | None = None) -> di
     for attack in config.attacks:
         label = f"[{attack}]"
         victim = train_backdoored(
-            attack,
+            split_row(attack)[0],
             train,
             test,
             spec,
@@ -690,6 +802,7 @@ def run_defense(config: DefenseConfig, memo: dict[str, Any] | None = None) -> di
                 **before,
                 "cached": victim.cached,
                 "cache_key": victim.key,
+                "rate": attack_rate(config, attack),
                 "poisoned_images": int(victim.poisoned_index.numel())
                 if victim.poisoned_index is not None
                 else None,
@@ -698,16 +811,42 @@ def run_defense(config: DefenseConfig, memo: dict[str, Any] | None = None) -> di
             },
             "defences": {},
         }
+        retune = None
+        if config.retune:
+            poison, remaining = split_retune_images(victim.eval_set, config.target, config.seed)
+
+            retune = partial(
+                retune_asr,
+                spec=spec,
+                clean=clean,
+                poison=poison,
+                remaining=remaining,
+                target=config.target,
+                device=device,
+                seed=config.seed,
+            )
+
+            row["retune_floor"] = retune(clean_victim.model)
+            log(f"{label} clean model after retuning: ASR {_pct(row['retune_floor']['asr'])} %")
         for name, p in params.items():
-            row["defences"][name] = defend(name, p, victim, clean, teachers, label)
+            row["defences"][name] = defend(name, p, victim, clean, teachers, label, retune)
+        extra_seeds = [seed for seed in config.seeds if seed != config.seed]
+        if extra_seeds:
+            row["seeds"] = {}
+            for name in [d for d in config.seed_defences if d in params]:
+                runs = [row["defences"][name]]
+                for seed in extra_seeds:
+                    p = CleanseParams.model_validate({**params[name].model_dump(), "seed": seed})
+                    runs.append(defend(name, p, victim, clean, teachers, f"{label}[seed {seed}]", retune))
+                row["seeds"][name] = seed_summary(runs)
         results["attacks"][attack] = row
         if attack in config.ablation_attacks:
             for name, entry in ablation_rows.items():
                 variant = defence_params(config, "argd", **shape, **ABLATIONS[name][1])
                 entry["attacks"][attack] = defend(f"argd[{name}]", variant, victim, clean, teachers, label)
         # Write after every attack so an interrupted run still leaves its finished rows.
-        partial = {**results, "ablations": ablation_rows, "checks": target_checks(results)}
-        write_defense_report(partial, config.out)
+        snapshot = {**results, "ablations": ablation_rows, "checks": target_checks(results)}
+        write_defense_report(snapshot, config.out)
 
     results["ablations"] = ablation_rows
     results["checks"] = target_checks(results)

@@ -16,6 +16,8 @@ from typing import Any
 DEFENCE_LABELS: dict[str, str] = {
     "finetune": "Fine-tuning",
     "nad": "NAD",
+    "fst": "FST",
+    "ft-sam": "FT-SAM",
     "argd": "ARGD",
     "argd-reference": "ARGD (reference preset)",
 }
@@ -87,6 +89,11 @@ def defense_markdown(results: dict[str, Any]) -> str:
     clean = results.get("clean_model")
     if clean:
         text += f"\nClean model (no backdoor): ACC {_pct(clean.get('acc'))} %.\n"
+    if any("retune_floor" in row for row in results["attacks"].values()):
+        text += "\n" + retune_markdown(results)
+    if any(row.get("seeds") for row in results["attacks"].values()):
+        text += "\n" + seeds_markdown(results)
+    text += "\n" + wall_time_markdown(results)
     ablations = results.get("ablations")
     if ablations:
         text += "\n" + ablation_markdown(ablations)
@@ -97,6 +104,81 @@ def defense_markdown(results: dict[str, Any]) -> str:
         )
         text += "\n"
     return text
+
+
+def _table(head: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows]) + "\n"
+
+
+def retune_markdown(results: dict[str, Any]) -> str:
+    """ASR after the retuning attack: the clean model's floor, then each cleansed model."""
+    columns = defence_columns(results)
+    rows, floors = [], []
+    per_defence: dict[str, list[float | None]] = {c: [] for c in columns}
+    for attack, row in results["attacks"].items():
+        floor = (row.get("retune_floor") or {}).get("asr")
+        floors.append(floor)
+        cells = [attack, _pct(row["backdoor"].get("asr")), _pct(floor)]
+        for c in columns:
+            value = ((row["defences"].get(c) or {}).get("retune") or {}).get("asr")
+            per_defence[c].append(value)
+            cells.append(_pct(value))
+        rows.append(cells)
+    rows.append(
+        ["**mean**", _pct(summarise(results)["before"]["asr"]), _pct(_mean(floors))]
+        + [_pct(_mean(per_defence[c])) for c in columns]
+    )
+    head = ["Attack", "Before", "Clean model (floor)"] + [DEFENCE_LABELS.get(c, c) for c in columns]
+    return (
+        "ASR in % after the retuning attack (5 epochs at lr 0.01 on the clean subset plus 5 triggered "
+        "images labelled as the target):\n\n" + _table(head, rows)
+    )
+
+
+def _spread(stats: dict[str, float] | None) -> str:
+    if not stats:
+        return "–"
+    return f"{_pct(stats['mean'])} ± {_pct(stats['std'])}"
+
+
+def seeds_markdown(results: dict[str, Any]) -> str:
+    """Mean ± standard deviation over the seeds of each repeated defence: ACC, ASR, retuned ASR."""
+    names: list[str] = []
+    for row in results["attacks"].values():
+        for name in row.get("seeds") or {}:
+            if name not in names:
+                names.append(name)
+    rows, seeds = [], None
+    for attack, row in results["attacks"].items():
+        if not row.get("seeds"):
+            continue
+        cells = [attack]
+        for name in names:
+            entry = row["seeds"].get(name) or {}
+            seeds = entry.get("seeds", seeds)
+            parts = [_spread(entry.get(key)) for key in ("acc", "asr", "retune_asr")]
+            cells.append(" / ".join(parts))
+        rows.append(cells)
+    head = ["Attack"] + [DEFENCE_LABELS.get(n, n) for n in names]
+    return (
+        f"Seeds {', '.join(map(str, seeds or []))} (same victims and clean subset; mean ± standard deviation "
+        "in points; cells are ACC / ASR / ASR after retuning, in %):\n\n" + _table(head, rows)
+    )
+
+
+def wall_time_markdown(results: dict[str, Any]) -> str:
+    """Mean wall time of one cleanse per defence (teacher included, evaluation included)."""
+    columns = defence_columns(results)
+    cells = []
+    for c in columns:
+        times = [(row["defences"].get(c) or {}).get("wall_seconds") for row in results["attacks"].values()]
+        cells.append("–" if _mean(times) is None else f"{_mean(times):.0f}")
+    head = ["", *[DEFENCE_LABELS.get(c, c) for c in columns]]
+    return (
+        "Wall time of one cleanse in seconds (mean over the rows; teacher and evaluations included):\n\n"
+        + _table(head, [["seconds", *cells]])
+    )
 
 
 def ablation_markdown(ablations: dict[str, Any]) -> str:

@@ -10,7 +10,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from argd.cli.common import (
     EXIT_OK,
@@ -24,6 +24,11 @@ from argd.cli.common import (
     preset_params,
     validation_message,
 )
+from argd.core.params import Method, TeacherSource
+
+METHODS = get_args(Method)
+#: What --teacher-recipe offers: every teacher source but an uploaded model (that is --teacher FILE).
+TEACHER_RECIPES = tuple(t for t in get_args(TeacherSource) if t != "uploaded")
 
 MODEL_FILE = "model.safetensors"
 REPORT_FILE = "report.json"
@@ -34,8 +39,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser(
         "cleanse",
         help="remove a backdoor from a model file (one shot, no server)",
-        description="Fine-tune a teacher on the clean subset, distil a cleansed student (ARGD, NAD or plain "
-        f"fine-tuning), and write OUT/{MODEL_FILE} and OUT/{REPORT_FILE}.",
+        description="Make a clean teacher from the model on the clean subset, distil a cleansed student "
+        "(ARGD; or NAD, plain fine-tuning, FST, FT-SAM), and write "
+        f"OUT/{MODEL_FILE} and OUT/{REPORT_FILE}.",
     )
     model = p.add_argument_group("model")
     model.add_argument(
@@ -43,7 +49,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     add_spec_arguments(model)
     model.add_argument(
-        "--teacher", type=existing_file, help="teacher weights (same spec); default: fine-tuned copy"
+        "--teacher",
+        type=existing_file,
+        help="teacher weights (same spec); default: a copy of the model tuned by --teacher-recipe",
     )
 
     data = p.add_argument_group("data (.npz with x uint8 and y int, or a .zip of class folders)")
@@ -57,7 +65,13 @@ def register(commands: argparse._SubParsersAction) -> None:
     hp = p.add_argument_group("parameters (preset, then --params file, then these flags)")
     hp.add_argument("--preset", choices=["default", "reference"], default="default")
     hp.add_argument("--params", type=existing_file, help="JSON object of CleanseParams fields")
-    hp.add_argument("--method", choices=["argd", "nad", "finetune"])
+    hp.add_argument("--method", choices=METHODS)
+    hp.add_argument(
+        "--teacher-recipe",
+        choices=TEACHER_RECIPES,
+        help="how argd/nad make their teacher from the model (default: the preset's; --teacher FILE "
+        "uses an uploaded one instead)",
+    )
     hp.add_argument("--epochs", type=int)
     hp.add_argument("--teacher-epochs", type=int)
     hp.add_argument("--batch-size", type=int)
@@ -224,6 +238,10 @@ def build_params(args: argparse.Namespace) -> Any:
         "num_threads": args.threads,
     }
     overrides.update(given(flags))
+    if getattr(args, "teacher_recipe", None):
+        overrides["teacher"] = args.teacher_recipe
+    elif getattr(args, "teacher", None) and "teacher" not in overrides:
+        overrides["teacher"] = "uploaded"
     return preset_params(args.preset, overrides)
 
 
