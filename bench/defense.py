@@ -421,6 +421,20 @@ class TeacherCache:
     def __init__(self, model: nn.Module, spec: ModelSpec, clean: ImageData, device: torch.device, log: Any):
         self.model, self.spec, self.clean, self.device, self.log = model, spec, clean, device, log
         self.teachers: dict[str, tuple[nn.Module, float, list[dict[str, Any]]]] = {}
+        self.metrics: dict[str, Any] = {}
+        #: The backdoored model's metrics, measured once per row by the caller.
+        self.before: dict[str, Any] | None = None
+
+    def known_metrics(self, params: CleanseParams) -> dict[str, Any]:
+        """What is already measured for a run with `params`: the backdoored model, and its teacher."""
+        known = {"before": self.before} if self.before is not None else {}
+        teacher = self.metrics.get(_teacher_key(params)) if params.needs_teacher else None
+        return {**known, "teacher": teacher} if teacher is not None else known
+
+    def remember(self, params: CleanseParams, metrics: dict[str, Any]) -> None:
+        """Keep the teacher's measured metrics of a finished run for the next run that shares it."""
+        if params.needs_teacher and metrics.get("teacher") is not None:
+            self.metrics[_teacher_key(params)] = metrics["teacher"]
 
     def get(self, params: CleanseParams, label: str) -> tuple[nn.Module, float, list[dict[str, Any]]]:
         """(teacher on CPU, seconds it took, its history); trained exactly as `run_cleanse` would."""
@@ -486,7 +500,9 @@ def run_defence(
         teacher=teacher,
         device=teachers.device,
         progress=_epoch_logger(log, f"{label} {name}"),
+        known_metrics=teachers.known_metrics(params),
     )
+    teachers.remember(params, result.metrics)
     after = result.metrics["after"]
     distill = [h for h in result.history if h["phase"] == "distill"]
     weights = params.effective_weights()
@@ -797,6 +813,7 @@ def run_defense(config: DefenseConfig, memo: dict[str, Any] | None = None) -> di
         teachers = TeacherCache(victim.model, spec, clean, device, log)
         if memo is not None:  # one teacher cache per victim and clean subset across calls
             teachers = memo.setdefault(f"teachers|{victim.key}|{len(clean)}|{device}", teachers)
+        teachers.before = dict(before)
         row: dict[str, Any] = {
             "backdoor": {
                 **before,

@@ -117,8 +117,12 @@ def run_cleanse(
     checkpoint_path: str | os.PathLike[str] | None = None,
     *,
     teacher_spec: ModelSpec | None = None,
+    known_metrics: dict[str, PhaseMetrics] | None = None,
 ) -> CleanseResult:
     """Run a whole cleanse job; see the module docstring. `model` and `teacher` are never modified.
+
+    `known_metrics` ("before" and/or "teacher") are taken as measured instead of measuring again: a caller
+    that cleanses one model many ways (the benchmark) measures the uploaded model and a shared teacher once.
 
     `teacher_spec` describes an uploaded teacher of another architecture (its attention levels); by default
     the teacher is taken to share `spec`. Raises InvalidInput/InvalidDataset for unusable inputs,
@@ -154,6 +158,7 @@ def run_cleanse(
             should_cancel,
             checkpoint_path,
             started,
+            dict(known_metrics or {}),
         )
     finally:
         torch.set_num_threads(previous_threads)
@@ -174,13 +179,14 @@ def _run(
     should_cancel: Callable[[], bool] | None,
     checkpoint_path: str | os.PathLike[str] | None,
     started: float,
+    known_metrics: dict[str, PhaseMetrics],
 ) -> CleanseResult:
     fingerprint = _fingerprint(params, clean, spec, given_teacher is not None)
     state = load_checkpoint(checkpoint_path) if checkpoint_path is not None else None
     if state is not None and state.get("fingerprint") != fingerprint:
         raise CheckpointError("the checkpoint belongs to another job (different settings or data); remove it")
     stage = state["stage"] if state is not None else None
-    metrics: dict[str, Any] = dict(state["metrics"]) if state is not None else {}
+    metrics: dict[str, Any] = dict(state["metrics"]) if state is not None else dict(known_metrics)
 
     train, val = split_validation(clean, params.val_fraction, params.seed)
     train_d, val_d = _on_device(train, device), _on_device(val, device)

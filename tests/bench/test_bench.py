@@ -43,14 +43,21 @@ def test_defense_end_to_end_on_fashion_mnist(tmp_path: Path, capsys: pytest.Capt
     out, cache = tmp_path / "results", tmp_path / "cache"
     argv = ["defense", *TINY, "--attacks", "badnets", "--out", str(out), "--cache-dir", str(cache)]
     code = main(
-        [*argv, "--reference", "--ablations", "no-edge,uniform-beta", "--ablation-attacks", "badnets"]
-    )
+        [
+            *argv,
+            "--reference",
+            "--ablations", "no-edge,uniform-beta",
+            "--ablation-attacks", "badnets",
+            "--seeds", "0,1",
+            "--seed-defences", "fst,argd",
+        ]
+    )  # fmt: skip
     assert code == 0
     markdown, results = _read(out)
 
     assert list(results["attacks"]) == ["badnets"]
     row = results["attacks"]["badnets"]
-    assert set(row["defences"]) == {"finetune", "nad", "argd", "argd-reference"}
+    assert set(row["defences"]) == {"finetune", "nad", "fst", "ft-sam", "argd", "argd-reference"}
     assert row["backdoor"]["cached"] is False
     assert row["backdoor"]["poisoned_images"] == 60  # 10 % of 600
     assert 100 < row["backdoor"]["eval_images"] < 200  # the non-target images of the 200 test images
@@ -64,20 +71,39 @@ def test_defense_end_to_end_on_fashion_mnist(tmp_path: Path, capsys: pytest.Capt
         k: argd_params[k] for k in ("lr", "lr_schedule", "epochs", "seed")
     }
     assert row["defences"]["argd-reference"]["params"]["lr_schedule"] == "step"
+    # The baselines at their published settings: NAD from a plainly fine-tuned teacher, FST without weight
+    # decay, FT-SAM with its radius and label smoothing.
+    assert row["defences"]["nad"]["params"]["teacher"] == "finetune"
+    assert row["defences"]["fst"]["params"]["method"] == "fst"
+    assert row["defences"]["ft-sam"]["params"]["sam_rho"] == 2.0
     # ARGD's term magnitudes are recorded beside the cross-entropy.
-    assert set(row["defences"]["argd"]["term_scales"]["first_epoch"]) == {"ce", "node", "edge", "emb"}
+    assert set(row["defences"]["argd"]["term_scales"]["first_epoch"]) == {
+        "ce", "node", "edge", "emb", "logit", "head"
+    }  # fmt: skip
     assert row["defences"]["nad"]["term_scales"]["first_epoch"]["edge"] == 0.0
+    # The retuning attack ran on every cleansed model and on the clean model (the floor).
+    assert 0.0 <= row["retune_floor"]["asr"] <= 1.0
+    assert all(0.0 <= d["retune"]["asr"] <= 1.0 for d in row["defences"].values())
+    # Seeds: the repeated defences ran once per seed, with mean and spread over the runs.
+    assert set(row["seeds"]) == {"fst", "argd"}
+    argd_seeds = row["seeds"]["argd"]
+    assert argd_seeds["seeds"] == [0, 1]
+    assert argd_seeds["asr"]["min"] <= argd_seeds["asr"]["mean"] <= argd_seeds["asr"]["max"]
+    assert argd_seeds["asr"]["min"] <= row["defences"]["argd"]["asr"] <= argd_seeds["asr"]["max"]
+    assert row["defences"]["argd"]["wall_seconds"] > 0
     # Ablations: each requested variant has a badnets entry with its override applied.
     assert set(results["ablations"]) == {"no-edge", "uniform-beta"}
     assert results["ablations"]["no-edge"]["attacks"]["badnets"]["params"]["w_edge"] == 0.0
     beta = results["ablations"]["uniform-beta"]["attacks"]["badnets"]["params"]["beta"]
     assert len(set(beta)) == 1 and beta[0] == pytest.approx(3000.0)
     assert results["clean_model"]["acc"] is not None
-    assert any(c["name"].startswith("ARGD ASR <= 5 %") for c in results["checks"])
+    names = [c["name"] for c in results["checks"]]
+    assert "ARGD ASR never above 5 %" in names and "ARGD mean ASR after retuning below FST's" in names
     assert results["settings"]["clean_images"] == 96
 
     assert "| badnets |" in markdown and "| **mean** |" in markdown
     assert "ARGD (reference preset)" in markdown and "no-edge" in markdown
+    assert "after the retuning attack" in markdown and "Seeds 0, 1" in markdown and "Wall time" in markdown
     printed = capsys.readouterr().out
     assert "[badnets] backdoored model" in printed and "[badnets] argd:" in printed
 
@@ -87,19 +113,19 @@ def test_defense_end_to_end_on_fashion_mnist(tmp_path: Path, capsys: pytest.Capt
     _, again = _read(out)
     assert again["attacks"]["badnets"]["backdoor"]["cached"] is True
     assert again["attacks"]["badnets"]["backdoor"]["asr"] == row["backdoor"]["asr"]
-    assert set(again["attacks"]["badnets"]["defences"]) == {"finetune", "nad", "argd"}
+    assert set(again["attacks"]["badnets"]["defences"]) == {"finetune", "nad", "fst", "ft-sam", "argd"}
 
 
 @pytest.mark.skipif(not HAVE_FMNIST, reason="Fashion-MNIST (dataset-fashion-mnist) not installed")
 def test_defense_quick_is_the_smoke_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """`argd bench defense --quick` as documented: its attacks, all three defences, a real backdoor."""
+    """`argd bench defense --quick` as documented: its attacks, all five defences, a real backdoor."""
     out = tmp_path / "quick"
     assert main(["defense", "--quick", "--out", str(out), "--cache-dir", str(tmp_path / "cache")]) == 0
     markdown, results = _read(out)
     assert tuple(results["attacks"]) == QUICK_ATTACKS
     assert results["settings"]["quick"] is True and results["settings"]["train_images"] == 4000
     for attack, row in results["attacks"].items():
-        assert set(row["defences"]) == {"finetune", "nad", "argd"}, attack
+        assert set(row["defences"]) == {"finetune", "nad", "fst", "ft-sam", "argd"}, attack
         assert f"| {attack} |" in markdown
     # Even three epochs on 4,000 images implant BadNets: the smoke run measures a real backdoor.
     assert results["attacks"]["badnets"]["backdoor"]["asr"] > 0.8
@@ -126,7 +152,7 @@ def test_defense_on_npz_dataset_with_another_architecture(tmp_path: Path) -> Non
     out = tmp_path / "out"
     argv = [
         "defense", "--train-npz", str(train), "--test-npz", str(test), "--architecture", "small-cnn",
-        "--attacks", "blend,sig", "--clean-size", "60", "--backdoor-epochs", "1", "--epochs", "1",
+        "--attacks", "blend,sig,blend@0.1", "--clean-size", "60", "--backdoor-epochs", "1", "--epochs", "1",
         "--teacher-epochs", "1", "--reference", "--ablations", "none", "--out", str(out),
         "--cache-dir", str(tmp_path / "cache"), "--clean-label-rate", "0.05", "--attack-set", "sig.delta=25",
         "--attack-set", "blend.rate=0.2",
@@ -144,7 +170,11 @@ def test_defense_on_npz_dataset_with_another_architecture(tmp_path: Path) -> Non
     assert results["settings"]["spec"]["in_channels"] == 3
     assert results["settings"]["spec"]["image_size"] == 16
     assert results["settings"]["spec"]["num_classes"] == 3
-    assert set(results["attacks"]["blend"]["defences"]) == {"finetune", "nad", "argd", "argd-reference"}
+    assert results["attacks"]["blend@0.1"]["backdoor"]["poisoned_images"] == 30  # the row's own rate
+    assert results["attacks"]["blend@0.1"]["backdoor"]["rate"] == 0.1
+    assert set(results["attacks"]["blend"]["defences"]) == {
+        "finetune", "nad", "fst", "ft-sam", "argd", "argd-reference"
+    }  # fmt: skip
 
 
 BAD_ARGUMENTS = [
@@ -157,6 +187,9 @@ BAD_ARGUMENTS = [
     (["--attack-set", "nosuch.x=1"], "nosuch"),
     (["--attack-set", "sig.colour=1"], "colour"),
     (["--attack-set", "cl.rate=1.5"], "rate"),
+    (["--attacks", "badnets@1.5"], "poisoning rate must be in (0, 1]"),
+    (["--attacks", "badnets@many"], "must be a number"),
+    (["--seed-defences", "argd,magic"], "magic"),
 ]
 
 
