@@ -26,24 +26,17 @@ from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from argd.jobs.status import ACTIVE_STATUSES, TERMINAL_STATUSES, JobStatus
 from argd.persistence.artifacts import ArtifactStore, Blob, register_artifact, release_artifacts
-from argd.persistence.models import (
-    ACTIVE_STATUSES,
-    TERMINAL_STATUSES,
-    Job,
-    JobEvent,
-    WebhookDelivery,
-    utcnow,
-)
+from argd.persistence.models import Job, JobEvent, WebhookDelivery, utcnow
 
 log = logging.getLogger(__name__)
 
-ALLOWED_TRANSITIONS: dict[str, frozenset[str]] = {
-    "queued": frozenset({"running", "canceled", "failed"}),
-    "running": frozenset({"succeeded", "failed", "canceled", "queued", "running"}),
-    "succeeded": frozenset(),
-    "failed": frozenset(),
-    "canceled": frozenset(),
+ALLOWED_TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
+    JobStatus.QUEUED: frozenset({JobStatus.RUNNING, JobStatus.CANCELED, JobStatus.FAILED}),
+    # running -> succeeded / failed / canceled; -> queued (worker lost); -> running (taken over when stale)
+    JobStatus.RUNNING: frozenset(JobStatus),
+    **{status: frozenset() for status in TERMINAL_STATUSES},
 }
 
 # Error codes a failed job can carry; messages are for humans and never hold stack traces.
@@ -87,7 +80,7 @@ class IdempotencyConflict(JobError):
 
     def __init__(self, job: Job):
         super().__init__(
-            f"the Idempotency-Key was already used for job {job.id} with a different request body"
+            f"The Idempotency-Key was already used for job {job.id} with a different request body"
         )
         self.job = job
 
@@ -154,9 +147,9 @@ def create_job(
     Enqueue the job only after the caller has committed (`argd.worker.dispatch.enqueue_job`).
     """
     if idempotency_key is not None:
-        existing = find_by_idempotency_key(session, tenant_id, idempotency_key)
+        existing = find_replay(session, tenant_id, idempotency_key, request_hash)
         if existing is not None:
-            return _check_replay(existing, request_hash), False
+            return existing, False
     job = Job(
         tenant_id=tenant_id,
         model_id=model_id,
@@ -180,22 +173,21 @@ def create_job(
     except IntegrityError:
         if idempotency_key is None:
             raise
-        existing = find_by_idempotency_key(session, tenant_id, idempotency_key)
+        existing = find_replay(session, tenant_id, idempotency_key, request_hash)
         if existing is None:
             raise
-        return _check_replay(existing, request_hash), False
+        return existing, False
     # webhook_status "pending" means: send when the job ends.
     return job, True
 
 
-def _check_replay(job: Job, request_hash: str | None) -> Job:
-    if job.request_hash != request_hash:
+def find_replay(session: Session, tenant_id: str, key: str, request_hash: str | None) -> Job | None:
+    """The tenant's job created with this idempotency key, or None; IdempotencyConflict when that job was
+    created by a different request (the one check of a replay, for every caller)."""
+    job = session.scalar(select(Job).where(Job.tenant_id == tenant_id, Job.idempotency_key == key))
+    if job is not None and job.request_hash != request_hash:
         raise IdempotencyConflict(job)
     return job
-
-
-def find_by_idempotency_key(session: Session, tenant_id: str, key: str) -> Job | None:
-    return session.scalar(select(Job).where(Job.tenant_id == tenant_id, Job.idempotency_key == key))
 
 
 def get_job(session: Session, job_id: str, tenant_id: str | None = None) -> Job | None:
@@ -642,33 +634,3 @@ def jobs_with_pending_webhooks(session: Session, older_than_s: float) -> list[st
             )
         )
     )
-
-
-# --- presentation ---------------------------------------------------------------------------------------
-
-
-def _iso(value: datetime | None) -> str | None:
-    return value.isoformat() if value is not None else None
-
-
-def job_summary(job: Job) -> dict[str, Any]:
-    """The job as JSON (webhook payloads; the API's schema carries the same fields)."""
-    return {
-        "id": job.id,
-        "status": job.status,
-        "method": job.method,
-        "phase": job.phase,
-        "progress": {"epoch": job.epoch, "epochs": job.epochs, "fraction": job.fraction, "eta_s": job.eta_s},
-        "attempts": job.attempts,
-        "metrics": job.metrics,
-        "error": {"code": job.error_code, "message": job.error_message} if job.error_code else None,
-        "model_id": job.model_id,
-        "clean_dataset_id": job.clean_dataset_id,
-        "test_dataset_id": job.test_dataset_id,
-        "poisoned_dataset_id": job.poisoned_dataset_id,
-        "result_model_sha256": job.result_model_sha256,
-        "report_sha256": job.report_sha256,
-        "created_at": _iso(job.created_at),
-        "started_at": _iso(job.started_at),
-        "finished_at": _iso(job.finished_at),
-    }

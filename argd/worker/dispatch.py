@@ -7,6 +7,7 @@ a row it cannot see yet would be dropped as "missing".
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 from argd.persistence.settings import Settings, get_settings
 from argd.worker.celery_app import DELIVER_WEBHOOK, RUN_JOB, get_celery
@@ -28,6 +29,19 @@ def notify_finished(job_id: str, settings: Settings | None = None) -> None:
     """
     settings = settings or get_settings()
     get_celery(settings).send_task(DELIVER_WEBHOOK, args=[job_id], queue=settings.queue)
+
+
+@dataclass(frozen=True)
+class CeleryQueue:
+    """The job service's queue (`argd.jobs.service.JobQueue`) on the Celery broker of `settings`."""
+
+    settings: Settings
+
+    def enqueue(self, job_id: str) -> None:
+        enqueue_job(job_id, self.settings)
+
+    def notify_finished(self, job_id: str) -> None:
+        notify_finished(job_id, self.settings)
 
 
 def broker_reachable(settings: Settings | None = None, timeout_s: float = 3.0) -> bool:

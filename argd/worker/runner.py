@@ -22,11 +22,13 @@ from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
 
+from argd.jobs.service import announce_end
 from argd.persistence import jobs
 from argd.persistence.artifacts import ArtifactStore, get_store
 from argd.persistence.db import session_scope
 from argd.persistence.models import Dataset, Job, Model
 from argd.persistence.settings import Settings, get_settings
+from argd.worker.dispatch import CeleryQueue
 
 log = logging.getLogger(__name__)
 
@@ -354,12 +356,8 @@ def run_job_attempt(job_id: str, settings: Settings | None = None, store: Artifa
         )
     if claim.outcome != "claimed":
         log.info("job %s not run: %s", job_id, claim.outcome)
-        if (
-            claim.outcome in ("canceled", "exhausted", "timed_out")
-            and claim.job is not None
-            and claim.job.webhook_url
-        ):
-            _notify(job_id, settings)
+        if claim.outcome in ("canceled", "exhausted", "timed_out") and claim.job is not None:
+            announce_end(CeleryQueue(settings), claim.job)
         return claim.outcome
     assert claim.job is not None
     attempt = claim.attempt
@@ -378,8 +376,8 @@ def run_job_attempt(job_id: str, settings: Settings | None = None, store: Artifa
         beat.stop()
         _release_device_memory()
         shutil.rmtree(workdir, ignore_errors=True)
-    if outcome not in ("superseded", "interrupted") and claim.job.webhook_url:
-        _notify(job_id, settings)
+    if outcome not in ("superseded", "interrupted"):
+        announce_end(CeleryQueue(settings), claim.job)
     log.info("job %s attempt %d ended: %s", job_id, attempt, outcome)
     return outcome
 
@@ -407,15 +405,6 @@ def _record_failure(
     except jobs.IllegalTransition as refusal:
         log.warning("job %s attempt %d could not record its end: %s", job_id, attempt, refusal)
         return "superseded"
-
-
-def _notify(job_id: str, settings: Settings) -> None:
-    from argd.worker.dispatch import notify_finished
-
-    try:
-        notify_finished(job_id, settings)
-    except Exception:  # the recovery pass sends webhooks that stay pending
-        log.warning("could not queue the webhook of job %s", job_id, exc_info=True)
 
 
 def _release_device_memory() -> None:

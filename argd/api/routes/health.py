@@ -9,13 +9,12 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from sqlalchemy import text
 
 from argd import __version__
-from argd.api.deps import app_settings, session_factory
+from argd.api.deps import SettingsDep, session_factory
 from argd.api.errors import Problem, problem_responses
 from argd.api.schemas import Health, Readiness
 from argd.persistence.settings import Settings
@@ -73,7 +72,7 @@ async def healthz() -> Health:
     response_model=Readiness,
     responses=problem_responses(503),
 )
-def readyz(request: Request, settings: Annotated[Settings, Depends(app_settings)]) -> Readiness:
+def readyz(request: Request, settings: SettingsDep) -> Readiness:
     """The database and the broker are reachable; otherwise 503 naming the failing check."""
     checks: dict[str, str] = {}
     for name, probe in (
