@@ -39,6 +39,7 @@ from argd.core.params import CleanseParams
 from argd.core.pipeline import ProgressEvent, run_cleanse, split_validation
 from argd.core.spec import ModelSpec
 from argd.core.trainer import Trainer
+from bench.attacks import ALL_ATTACKS, QUICK_ATTACKS
 from bench.backdoor import (
     ATTACK_SETTINGS,
     TrainSettings,
@@ -48,7 +49,6 @@ from bench.backdoor import (
     train_backdoored,
     train_clean,
 )
-from bench.cli import ALL_ATTACKS, QUICK_ATTACKS
 from bench.report import summarise, write_defense_report
 from bench.speed import device_description
 

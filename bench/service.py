@@ -48,6 +48,7 @@ import numpy as np
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
+from argd.cli.argtypes import positive_float, positive_int
 from argd.core.params import CleanseParams
 from argd.devserver import ServerProcess
 from argd.persistence import keys
@@ -55,7 +56,6 @@ from argd.persistence.db import dispose_engines, get_sessionmaker
 from argd.persistence.migrate import upgrade
 from argd.persistence.models import Artifact, Dataset, Job, JobEvent, Model
 from argd.persistence.settings import Settings
-from bench.cli import positive_float, positive_int
 
 DEFAULT_ADMIN_URL = os.environ.get(
     "ARGD_BENCH_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"

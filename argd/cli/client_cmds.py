@@ -14,13 +14,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from argd.cli.argtypes import existing_file, positive_float, positive_int
 from argd.cli.cleanse import add_spec_arguments, build_spec, summary_table
 from argd.cli.common import (
     EXIT_FAILURE,
     EXIT_OK,
     ArgumentParser,
     CliError,
-    existing_file,
     given,
     info,
     json_object_file,
@@ -37,7 +37,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     conn = server.add_argument_group("server")
     conn.add_argument("--url", help=f"server URL (default: $ARGD_URL or {DEFAULT_URL})")
     conn.add_argument("--api-key", help="API key (default: $ARGD_API_KEY)")
-    conn.add_argument("--timeout", type=float, default=60.0, help="seconds per HTTP request (default: 60)")
+    conn.add_argument(
+        "--timeout", type=positive_float, default=60.0, help="seconds per HTTP request (default: 60)"
+    )
     output = ArgumentParser(add_help=False)
     output.add_argument("--json", action="store_true", help="print the server's JSON instead of a summary")
 
@@ -77,7 +79,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     follow = s.add_argument_group("follow")
     follow.add_argument("--wait", action="store_true", help="follow the job until it finishes")
     follow.add_argument("--download", type=Path, metavar="DIR", help="with --wait: save the result into DIR")
-    follow.add_argument("--wait-timeout", type=float, help="give up waiting after this many seconds")
+    follow.add_argument("--wait-timeout", type=positive_float, help="give up waiting after this many seconds")
     follow.add_argument("--quiet", "-q", action="store_true", help="no progress bar or notes")
     s.set_defaults(func=cmd_submit)
 
@@ -101,7 +103,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     d.set_defaults(func=cmd_download)
 
     j = commands.add_parser("jobs", parents=[server, output], help="list your jobs, newest first")
-    j.add_argument("--limit", type=int, default=20, help="jobs per page (default: %(default)s)")
+    j.add_argument("--limit", type=positive_int, default=20, help="jobs per page (default: %(default)s)")
     j.add_argument("--status", choices=["queued", "running", "succeeded", "failed", "canceled"])
     j.add_argument("--all", action="store_true", help="follow every page")
     j.set_defaults(func=cmd_jobs)

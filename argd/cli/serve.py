@@ -149,7 +149,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if overrides:
         settings = settings.model_copy(update=overrides)
     settings.ensure_dirs()
-    from argd.worker.celery_app import run_worker
+    from argd.worker.main import run_worker
 
     run_worker(settings, loglevel=args.log_level.upper())
     return EXIT_OK
