@@ -13,7 +13,8 @@ from argd.persistence.db import make_engine
 from argd.persistence.migrate import current_revision, downgrade, head_revision, upgrade
 from argd.persistence.models import Base
 from argd.persistence.settings import Settings
-from tests.fixtures.database import make_postgres_database
+from argd.persistence.throwaway import empty_database
+from tests.fixtures.database import admin_url
 
 
 def _diff(url: str) -> list[object]:
@@ -50,11 +51,8 @@ def _up_down_up(settings: Settings) -> None:
 
 @pytest.mark.service
 def test_postgres_upgrade_downgrade_upgrade_matches_models(tmp_path: Path) -> None:
-    url, drop = make_postgres_database("argd_migration_test")
-    try:
+    with empty_database(admin_url(), "argd_migration_test") as url:
         _up_down_up(Settings(database_url=url, data_dir=tmp_path))
-    finally:
-        drop()
 
 
 def test_sqlite_upgrade_downgrade_upgrade_matches_models(tmp_path: Path) -> None:
