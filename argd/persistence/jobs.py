@@ -190,29 +190,6 @@ def find_replay(session: Session, tenant_id: str, key: str, request_hash: str | 
     return job
 
 
-def get_job(session: Session, job_id: str, tenant_id: str | None = None) -> Job | None:
-    """The job, or None if it does not exist or belongs to another tenant."""
-    job = session.get(Job, job_id)
-    if job is None or (tenant_id is not None and job.tenant_id != tenant_id):
-        return None
-    return job
-
-
-def list_jobs(
-    session: Session, tenant_id: str, *, limit: int = 50, offset: int = 0, status: str | None = None
-) -> tuple[list[Job], int]:
-    """A page of the tenant's jobs, newest first, and the total count (uses the (tenant, created) index)."""
-    query = select(Job).where(Job.tenant_id == tenant_id)
-    counter = select(func.count()).select_from(Job).where(Job.tenant_id == tenant_id)
-    if status is not None:
-        query = query.where(Job.status == status)
-        counter = counter.where(Job.status == status)
-    rows = session.scalars(
-        query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit).offset(offset)
-    ).all()
-    return list(rows), int(session.scalar(counter) or 0)
-
-
 def job_events(session: Session, job_id: str) -> list[JobEvent]:
     """The job's per-epoch history in the order it happened (teacher epochs, then distillation epochs)."""
     return list(session.scalars(select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.id)))
@@ -285,16 +262,15 @@ def claim_job(
         return Claim("busy", job)
     claimable = or_(Job.status == "queued", and_(Job.status == "running", Job.heartbeat_at < cutoff))
     try:
-        checkpoint = job.checkpoint_sha256
         # Only a running attempt can have run past the limit (a queued job's start time is an old attempt's).
         ending = _lost_attempt_ending(
             job, now, time_limit_s if job.status == "running" else None, max_attempts
         )
         if ending is not None:
             outcome, status, error = ending
-            job = _finish(session, job, status, extra=claimable, now=now, **error)
-            if store is not None:
-                release_artifacts(session, store, [checkpoint])
+            job = _end_attempt(
+                session, store, job.id, job.attempts, status, sources=(job.status,), extra=claimable, **error
+            )
             return Claim(outcome, job)
         resumed = job.attempts > 0
         job = _transition(
@@ -322,7 +298,7 @@ def claim_job(
 
 def _lost_attempt_ending(
     job: Job, now: datetime, time_limit_s: float | None, max_attempts: int
-) -> tuple[Literal["canceled", "timed_out", "exhausted"], str, dict[str, str]] | None:
+) -> tuple[Literal["canceled", "timed_out", "exhausted"], JobStatus, dict[str, str]] | None:
     """How a job whose attempt was lost ends instead of running again, as (claim outcome, final status,
     error fields); None when it may run again.
 
@@ -330,30 +306,18 @@ def _lost_attempt_ending(
     killed its process); failed with `worker_lost` when its attempts are used up.
     """
     if job.cancel_requested:
-        return "canceled", "canceled", {}
+        return "canceled", JobStatus.CANCELED, {}
     if (
         time_limit_s is not None
         and job.attempt_started_at is not None
         and now - job.attempt_started_at >= timedelta(seconds=time_limit_s)
     ):
         error = {"error_code": "timed_out", "error_message": timed_out_message(time_limit_s)}
-        return "timed_out", "failed", error
+        return "timed_out", JobStatus.FAILED, error
     if job.attempts >= max_attempts:
         error = {"error_code": "worker_lost", "error_message": worker_lost_message(job.attempts)}
-        return "exhausted", "failed", error
+        return "exhausted", JobStatus.FAILED, error
     return None
-
-
-def _finish(session: Session, job: Job, status: str, *, extra: Any, now: datetime, **values: Any) -> Job:
-    return _transition(
-        session,
-        job.id,
-        status,
-        sources=(job.status,),
-        attempt=job.attempts,
-        extra=extra,
-        values={"finished_at": now, "eta_s": None, "checkpoint_sha256": None, **values},
-    )
 
 
 def heartbeat(session: Session, job_id: str, attempt: int) -> bool | None:
@@ -451,29 +415,21 @@ def mark_succeeded(
     """
     register_artifact(session, model, "result-model")
     register_artifact(session, report, "report")
-    current = _load(session, job_id)
-    checkpoint = current.checkpoint_sha256
-    job = _transition(
+    return _end_attempt(
         session,
+        store,
         job_id,
-        "succeeded",
-        sources=("running",),
-        attempt=attempt,
-        values={
-            "metrics": metrics,
-            "result_model_sha256": model.sha256,
-            "report_sha256": report.sha256,
-            "checkpoint_sha256": None,
-            "fraction": 1.0,
-            "eta_s": 0.0,
-            **({"epoch": epochs, "epochs": epochs} if epochs is not None else {}),
-            "finished_at": utcnow(),
-            "error_code": None,
-            "error_message": None,
-        },
+        attempt,
+        JobStatus.SUCCEEDED,
+        metrics=metrics,
+        result_model_sha256=model.sha256,
+        report_sha256=report.sha256,
+        fraction=1.0,
+        eta_s=0.0,
+        **({"epoch": epochs, "epochs": epochs} if epochs is not None else {}),
+        error_code=None,
+        error_message=None,
     )
-    release_artifacts(session, store, [checkpoint])
-    return job
 
 
 def mark_failed(
@@ -489,13 +445,13 @@ def mark_failed(
     if code not in ERROR_CODES:
         raise ValueError(f"unknown error code {code!r}; known: {', '.join(ERROR_CODES)}")
     return _end_attempt(
-        session, store, job_id, attempt, "failed", error_code=code, error_message=message[:2000]
+        session, store, job_id, attempt, JobStatus.FAILED, error_code=code, error_message=message[:2000]
     )
 
 
 def mark_canceled(session: Session, store: ArtifactStore | None, job_id: str, attempt: int) -> Job:
     """Finish a running attempt that stopped because cancellation was requested."""
-    return _end_attempt(session, store, job_id, attempt, "canceled")
+    return _end_attempt(session, store, job_id, attempt, JobStatus.CANCELED)
 
 
 def _end_attempt(
@@ -503,16 +459,23 @@ def _end_attempt(
     store: ArtifactStore | None,
     job_id: str,
     attempt: int,
-    status: str,
+    status: JobStatus,
+    *,
+    sources: Iterable[str] = (JobStatus.RUNNING,),
+    extra: Any = None,
     **values: Any,
 ) -> Job:
+    """The one way an attempt ends: the final status with `values`, `finished_at` now, no ETA, and the
+    checkpoint released (kept when `store` is None). IllegalTransition when the attempt no longer owns the
+    job (or `extra` no longer holds)."""
     checkpoint = _load(session, job_id).checkpoint_sha256
     job = _transition(
         session,
         job_id,
         status,
-        sources=("running",),
+        sources=sources,
         attempt=attempt,
+        extra=extra,
         values={"finished_at": utcnow(), "eta_s": None, "checkpoint_sha256": None, **values},
     )
     if store is not None:
@@ -594,15 +557,13 @@ def requeue_stale_jobs(
         select(Job).where(Job.status == "running", or_(Job.heartbeat_at < cutoff, Job.heartbeat_at.is_(None)))
     ).all()
     outcome = Recovery()
-    ended_checkpoints: list[str | None] = []
     still_stale = or_(Job.heartbeat_at < cutoff, Job.heartbeat_at.is_(None))
     for job in stale:
-        checkpoint = job.checkpoint_sha256
         try:
             ending = _lost_attempt_ending(job, now, time_limit_s, max_attempts)
             if ending is not None:
                 _, status, error = ending
-                _finish(session, job, status, extra=still_stale, now=now, **error)
+                _end_attempt(session, store, job.id, job.attempts, status, extra=still_stale, **error)
                 (outcome.canceled if status == "canceled" else outcome.failed).append(job.id)
             else:
                 _transition(
@@ -617,10 +578,6 @@ def requeue_stale_jobs(
                 outcome.requeued.append(job.id)
         except IllegalTransition:
             continue  # someone else dealt with it first
-        if job.id not in outcome.requeued:
-            ended_checkpoints.append(checkpoint)
-    if store is not None and ended_checkpoints:
-        release_artifacts(session, store, ended_checkpoints)
     return outcome
 
 

@@ -148,6 +148,7 @@ class Dataset(Base):
     name: Mapped[str] = mapped_column(String(255))
     sha256: Mapped[str] = mapped_column(ForeignKey("artifacts.sha256", ondelete="RESTRICT"), index=True)
     size: Mapped[int] = mapped_column(BigInteger)
+    source_sha256: Mapped[str | None] = mapped_column(String(64), doc="sha256 of the file as uploaded")
     format: Mapped[str] = mapped_column(String(16), default="npz")
     count: Mapped[int] = mapped_column(Integer)
     shape: Mapped[list[int]] = mapped_column(JSONType, doc="[C, H, W] of one image")
