@@ -20,7 +20,7 @@ import os
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 
@@ -172,12 +172,12 @@ class ArgdClient:
             raise ApiError.from_response(response)
         return response
 
-    def _json(self, method: str, path: str, **kwargs: Any) -> Any:
+    def _json(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
         response = self._request(method, path, **kwargs)
         if not response.content:
             return {}
         try:
-            return response.json()
+            return cast("dict[str, Any]", response.json())  # every /v1 answer is a JSON object
         except ValueError as exc:
             raise ApiError(
                 response.status_code,
@@ -357,11 +357,12 @@ class ArgdClient:
 def page_items(page: Any) -> list[dict[str, Any]]:
     """The list inside a page body, whatever the server calls it (`items` or `data`), or the body itself."""
     if isinstance(page, list):
-        return page
+        return cast("list[dict[str, Any]]", page)
     if isinstance(page, dict):
         for key in ("items", "data", "jobs", "results"):
-            if isinstance(page.get(key), list):
-                return page[key]
+            items = page.get(key)
+            if isinstance(items, list):
+                return cast("list[dict[str, Any]]", items)
     return []
 
 

@@ -31,7 +31,7 @@ from argd.cli.common import (
 DEFAULT_URL = "http://127.0.0.1:8000"
 
 
-def register(commands: argparse._SubParsersAction) -> None:
+def register(commands: argparse._SubParsersAction[ArgumentParser]) -> None:
     """Add the client commands to the command tree."""
     server = ArgumentParser(add_help=False)
     conn = server.add_argument_group("server")
@@ -198,7 +198,7 @@ def submit_params(args: argparse.Namespace) -> dict[str, Any] | None:
     overrides.update(given(flags))
     full = preset_params(args.preset or "default", overrides)
     if args.preset:
-        return full.model_dump(mode="json")
+        return dict(full.model_dump(mode="json"))
     return overrides or None
 
 
@@ -288,7 +288,8 @@ def follow(client: Any, job_id: str, quiet: bool, timeout: float | None) -> dict
     from argd.cli.progress import PhaseBar, bar_enabled, job_progress
 
     with PhaseBar(bar_enabled(quiet), unit="epoch") as bar:
-        return client.wait(job_id, on_progress=job_progress(bar), timeout=timeout)
+        job: dict[str, Any] = client.wait(job_id, on_progress=job_progress(bar), timeout=timeout)
+        return job
 
 
 def show_job(job: dict[str, Any], as_json: bool) -> None:

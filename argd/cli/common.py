@@ -8,10 +8,13 @@ import sys
 from pathlib import Path
 from typing import Any, NoReturn
 
+from pydantic import ValidationError
+
 # The argparse types live in argd.cli.argtypes; these two are named here too for the commands that take them
 # from this module.
 from argd.cli.argtypes import existing_file as existing_file
 from argd.cli.argtypes import float_list as float_list
+from argd.core.params import CleanseParams
 
 # Exit codes (documented in the README): scripts branch on them.
 EXIT_OK = 0
@@ -63,7 +66,7 @@ def given(flags: dict[str, Any]) -> dict[str, Any]:
     return {name: value for name, value in flags.items() if value is not None}
 
 
-def validation_message(exc: Any) -> str:
+def validation_message(exc: ValidationError) -> str:
     """pydantic's errors as `field: message; field: message` on one line."""
     parts = []
     for error in exc.errors():
@@ -72,13 +75,9 @@ def validation_message(exc: Any) -> str:
     return "; ".join(parts)
 
 
-def preset_params(preset: str, overrides: dict[str, Any]) -> Any:
-    """`CleanseParams.preset(preset, **overrides)`, any problem as one CliError line (imported lazily:
-    a client command needs no torch)."""
-    from pydantic import ValidationError
-
-    from argd.core.params import CleanseParams
-
+def preset_params(preset: str, overrides: dict[str, Any]) -> CleanseParams:
+    """`CleanseParams.preset(preset, **overrides)`, any problem as one CliError line (`argd.core.params` is
+    pydantic only: a client command still loads no torch)."""
     try:
         return CleanseParams.preset(preset, **overrides)
     except ValidationError as exc:

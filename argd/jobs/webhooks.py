@@ -180,7 +180,7 @@ def resolve_target(url: str, settings: Settings) -> tuple[Target, IPAddress]:
         raise WebhookUrlError(
             f"webhook host {target.host} does not resolve: {exc.strerror}", transient=True
         ) from exc
-    addresses = [ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos]
+    addresses = [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos]
     if not addresses:
         raise WebhookUrlError(f"webhook host {target.host} has no addresses")
     for address in addresses:

@@ -12,9 +12,9 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Literal, Protocol, TypeVar
+from typing import Any, Literal, Protocol, TypeVar, cast
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import CursorResult, Engine, Result, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -98,6 +98,12 @@ def dispose_engines(close: bool = True) -> None:
             engine.dispose(close=close)
         _engines.clear()
         _factories.clear()
+
+
+def affected_rows(result: Result[Any]) -> int:
+    """How many rows an UPDATE or DELETE changed (what `session.execute` returns for one is a cursor
+    result)."""
+    return int(cast("CursorResult[Any]", result).rowcount)
 
 
 def get_owned(

@@ -28,11 +28,12 @@ from sqlalchemy.orm import Session
 
 from argd.jobs.status import ACTIVE_STATUSES, TERMINAL_STATUSES, JobStatus
 from argd.persistence.artifacts import ArtifactStore, Blob, register_artifact, release_artifacts
+from argd.persistence.db import affected_rows
 from argd.persistence.models import Job, JobEvent, WebhookDelivery, utcnow
 
 log = logging.getLogger(__name__)
 
-ALLOWED_TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
+ALLOWED_TRANSITIONS: dict[str, frozenset[str]] = {
     JobStatus.QUEUED: frozenset({JobStatus.RUNNING, JobStatus.CANCELED, JobStatus.FAILED}),
     # running -> succeeded / failed / canceled; -> queued (worker lost); -> running (taken over when stale)
     JobStatus.RUNNING: frozenset(JobStatus),
@@ -115,7 +116,7 @@ def _transition(
         stmt.values(status=target, **values), execution_options={"synchronize_session": False}
     )
     job = _load(session, job_id)
-    if result.rowcount != 1:  # type: ignore[attr-defined]
+    if affected_rows(result) != 1:
         reason = ""
         if attempt is not None and job.attempts != attempt and job.status in sources:
             reason = f"attempt {attempt} was superseded by attempt {job.attempts}"
@@ -360,7 +361,7 @@ def update_progress(
         ),
         execution_options={"synchronize_session": False},
     )
-    return result.rowcount == 1  # type: ignore[attr-defined]
+    return affected_rows(result) == 1
 
 
 def record_epoch(
@@ -415,21 +416,18 @@ def mark_succeeded(
     """
     register_artifact(session, model, "result-model")
     register_artifact(session, report, "report")
-    return _end_attempt(
-        session,
-        store,
-        job_id,
-        attempt,
-        JobStatus.SUCCEEDED,
-        metrics=metrics,
-        result_model_sha256=model.sha256,
-        report_sha256=report.sha256,
-        fraction=1.0,
-        eta_s=0.0,
-        **({"epoch": epochs, "epochs": epochs} if epochs is not None else {}),
-        error_code=None,
-        error_message=None,
-    )
+    results: dict[str, Any] = {
+        "metrics": metrics,
+        "result_model_sha256": model.sha256,
+        "report_sha256": report.sha256,
+        "fraction": 1.0,
+        "eta_s": 0.0,
+        "error_code": None,
+        "error_message": None,
+    }
+    if epochs is not None:
+        results.update(epoch=epochs, epochs=epochs)
+    return _end_attempt(session, store, job_id, attempt, JobStatus.SUCCEEDED, **results)
 
 
 def mark_failed(

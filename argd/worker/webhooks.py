@@ -17,7 +17,7 @@ from sqlalchemy import update
 
 from argd.jobs.status import TERMINAL_STATUSES
 from argd.jobs.webhooks import WebhookUrlError, event_body, resolve_target, sign, tenant_webhook_secret
-from argd.persistence.db import session_scope
+from argd.persistence.db import affected_rows, session_scope
 from argd.persistence.jobs import job_events
 from argd.persistence.models import Job, WebhookDelivery
 from argd.persistence.settings import Settings, get_settings
@@ -100,7 +100,7 @@ def deliver_attempt(job_id: str, attempt: int, settings: Settings | None = None)
                 .values(webhook_status="delivering"),
                 execution_options={"synchronize_session": False},
             )
-            if claimed.rowcount != 1:  # type: ignore[attr-defined]
+            if affected_rows(claimed) != 1:
                 return "skipped"
         job = session.get(Job, job_id)
         if job is None or job.webhook_url is None or job.webhook_status != "delivering":
