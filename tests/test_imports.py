@@ -189,3 +189,28 @@ def test_the_checker_tells_a_dodged_cycle_from_a_lazy_import(tmp_path: Path) -> 
         }
     )
     assert find_cycle(looped) == ["p.a", "p.b", "p.a"]
+
+
+# Who may import whom across the service's layers (adapters -> domain -> persistence), by module prefix.
+FORBIDDEN = {
+    "argd.persistence": ("argd.api", "argd.worker", "argd.cli", "argd.jobs"),
+    "argd.jobs": ("argd.api", "argd.worker", "argd.cli"),
+    "argd.api": ("argd.worker", "argd.cli"),
+    "argd.core": ("argd.api", "argd.worker", "argd.cli", "argd.jobs", "argd.persistence"),
+}
+# The exceptions: persistence reads the status vocabulary; the API enqueues through the worker's dispatch.
+ALLOWED = {"argd.persistence": {"argd.jobs.status"}, "argd.api": {"argd.worker.dispatch"}}
+
+
+def test_dependencies_point_one_way() -> None:
+    wrong = []
+    for module, imports in sorted(import_graph().items()):
+        for layer, banned in FORBIDDEN.items():
+            if module != layer and not module.startswith(layer + "."):
+                continue
+            wrong += [
+                f"{module} imports {target}"
+                for target in sorted(imports.top | set(imports.lazy))
+                if target not in ALLOWED.get(layer, set()) and target.startswith(banned)
+            ]
+    assert wrong == []
