@@ -119,42 +119,40 @@ class Artifact(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
-class Model(Base):
+class UploadColumns:
+    """What every uploaded file's row has, models and datasets alike: its tenant and name, the stored bytes
+    (an artifact), the sha256 of the bytes as uploaded (they differ after a conversion), free metadata."""
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(255))
+    sha256: Mapped[str] = mapped_column(ForeignKey("artifacts.sha256", ondelete="RESTRICT"), index=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    source_sha256: Mapped[str | None] = mapped_column(String(64), doc="sha256 of the file as uploaded")
+    meta: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Model(UploadColumns, Base):
     """An uploaded classifier: its weights (safetensors) and the spec that rebuilds it."""
 
     __tablename__ = "models"
     __table_args__ = (Index("ix_models_tenant_created", "tenant_id", "created_at"),)
 
-    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
-    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
-    name: Mapped[str] = mapped_column(String(255))
-    sha256: Mapped[str] = mapped_column(ForeignKey("artifacts.sha256", ondelete="RESTRICT"), index=True)
-    size: Mapped[int] = mapped_column(BigInteger)
-    source_sha256: Mapped[str | None] = mapped_column(String(64), doc="sha256 of the file as uploaded")
     spec: Mapped[dict[str, Any]]
     parameters: Mapped[int] = mapped_column(BigInteger, default=0, doc="number of weights")
-    meta: Mapped[dict[str, Any]] = mapped_column(default=dict)
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
-class Dataset(Base):
+class Dataset(UploadColumns, Base):
     """An uploaded image set (`format`: 'npz' or 'zip', as stored)."""
 
     __tablename__ = "datasets"
     __table_args__ = (Index("ix_datasets_tenant_created", "tenant_id", "created_at"),)
 
-    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
-    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
-    name: Mapped[str] = mapped_column(String(255))
-    sha256: Mapped[str] = mapped_column(ForeignKey("artifacts.sha256", ondelete="RESTRICT"), index=True)
-    size: Mapped[int] = mapped_column(BigInteger)
-    source_sha256: Mapped[str | None] = mapped_column(String(64), doc="sha256 of the file as uploaded")
     format: Mapped[str] = mapped_column(String(16), default="npz")
     count: Mapped[int] = mapped_column(Integer)
     shape: Mapped[list[int]] = mapped_column(JSONType, doc="[C, H, W] of one image")
     classes: Mapped[list[Any]] = mapped_column(JSONType, doc="class labels present")
-    meta: Mapped[dict[str, Any]] = mapped_column(default=dict)
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class Job(Base):

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.orm import Session
 
 from argd.api.auth import Principal
 from argd.api.deps import PrincipalDep, SessionDep, SettingsDep, StoreDep
 from argd.api.errors import problem_responses
-from argd.api.pagination import DEFAULT_LIMIT, MAX_LIMIT
+from argd.api.pagination import DEFAULT_LIMIT, CursorQuery, LimitQuery
 from argd.api.routes.common import (
     delete_unused,
     multipart_body,
@@ -151,8 +149,8 @@ async def create_dataset(
 def list_datasets(
     principal: PrincipalDep,
     session: SessionDep,
-    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
-    cursor: Annotated[str | None, Query(max_length=512)] = None,
+    limit: LimitQuery = DEFAULT_LIMIT,
+    cursor: CursorQuery = None,
 ) -> DatasetPage:
     """The caller's datasets, newest first."""
     rows, next_cursor = owned_page(session, Dataset, principal, limit, cursor)

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from argd.api.deps import PrincipalDep, QueueDep, SessionDep, SettingsDep, StoreDep
 from argd.api.errors import Problem, problem_responses
-from argd.api.pagination import DEFAULT_LIMIT, MAX_LIMIT
+from argd.api.pagination import DEFAULT_LIMIT, CursorQuery, LimitQuery
 from argd.api.routes.common import owned_page
 from argd.api.schemas import JobPage
 from argd.jobs import service
@@ -89,8 +89,8 @@ def create_job(
 def list_jobs(
     principal: PrincipalDep,
     session: SessionDep,
-    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
-    cursor: Annotated[str | None, Query(max_length=512)] = None,
+    limit: LimitQuery = DEFAULT_LIMIT,
+    cursor: CursorQuery = None,
     status: Annotated[StatusName | None, Query(description="Only jobs in this status")] = None,
 ) -> JobPage:
     """The caller's jobs, newest first, without their per-epoch history."""

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from pydantic import ValidationError
 from sqlalchemy.orm import Session
@@ -13,7 +12,7 @@ from sqlalchemy.orm import Session
 from argd.api.auth import Principal
 from argd.api.deps import PrincipalDep, SessionDep, SettingsDep, StoreDep
 from argd.api.errors import Problem, describe_validation_errors, problem_responses
-from argd.api.pagination import DEFAULT_LIMIT, MAX_LIMIT
+from argd.api.pagination import DEFAULT_LIMIT, CursorQuery, LimitQuery
 from argd.api.routes.common import (
     delete_unused,
     multipart_body,
@@ -170,8 +169,8 @@ async def create_model(
 def list_models(
     principal: PrincipalDep,
     session: SessionDep,
-    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
-    cursor: Annotated[str | None, Query(max_length=512)] = None,
+    limit: LimitQuery = DEFAULT_LIMIT,
+    cursor: CursorQuery = None,
 ) -> ModelPage:
     """The caller's models, newest first."""
     rows, next_cursor = owned_page(session, Model, principal, limit, cursor)
