@@ -8,12 +8,12 @@ dependencies. The rows-to-schema mapping lives in `argd.jobs.views`.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Literal, get_args
+from typing import TYPE_CHECKING, Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from argd.core.params import CleanseParams, Method
-from argd.jobs.status import TERMINAL_STATUSES, JobPhase, JobStatus
+from argd.jobs.status import JobPhase, JobStatus
 
 __all__ = [
     "HistoryEntry",
@@ -30,12 +30,12 @@ __all__ = [
     "StatusName",
 ]
 
-# The statuses as a field type: a JobStatus for the type checker, an inline string enum in the JSON schema
-# (the OpenAPI document keeps the shape it had as a Literal), generated from the enum so it cannot drift.
+# The statuses as a field type: a JobStatus once validated, an inline string enum in the JSON schema (the
+# OpenAPI document keeps the shape it had as a Literal), generated from the enum so it cannot drift.
 if TYPE_CHECKING:
     StatusName = JobStatus
 else:
-    StatusName = Literal[tuple(str(status) for status in JobStatus)]
+    StatusName = Annotated[Literal[tuple(str(status) for status in JobStatus)], AfterValidator(JobStatus)]
 
 
 def _methods_text(default: str, *others: str) -> str:
@@ -114,10 +114,6 @@ class JobSummary(BaseModel):
     created_at: datetime
     started_at: datetime | None = None
     finished_at: datetime | None = None
-
-    @property
-    def is_finished(self) -> bool:
-        return self.status in TERMINAL_STATUSES
 
 
 class JobOut(JobSummary):
