@@ -12,7 +12,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from argd.cli.argtypes import existing_file, positive_float, positive_int
 from argd.cli.cleanse import add_spec_arguments, build_spec, summary_table
@@ -27,6 +27,9 @@ from argd.cli.common import (
     preset_params,
     print_json,
 )
+
+if TYPE_CHECKING:  # httpx is imported when a command talks to a server, not to parse options
+    from argd.client import ArgdClient
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 
@@ -113,7 +116,7 @@ def register(commands: argparse._SubParsersAction[ArgumentParser]) -> None:
     c.set_defaults(func=cmd_cancel)
 
 
-def make_client(args: argparse.Namespace) -> Any:
+def make_client(args: argparse.Namespace) -> ArgdClient:
     """The client for --url/--api-key, falling back to ARGD_URL/ARGD_API_KEY."""
     from argd.client import ArgdClient
 
@@ -264,7 +267,7 @@ def cmd_download(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def save_result(client: Any, job_id: str, out: Path, *, with_report: bool, quiet: bool) -> list[Path]:
+def save_result(client: ArgdClient, job_id: str, out: Path, *, with_report: bool, quiet: bool) -> list[Path]:
     """DIR/model.safetensors (+ DIR/report.json): the same layout `argd cleanse` writes."""
     if out.exists() and not out.is_dir():
         raise CliError(f"--out {out} exists and is not a folder")
@@ -283,13 +286,12 @@ def save_result(client: Any, job_id: str, out: Path, *, with_report: bool, quiet
 # ------------------------------------------------------------------------------------------------ display
 
 
-def follow(client: Any, job_id: str, quiet: bool, timeout: float | None) -> dict[str, Any]:
+def follow(client: ArgdClient, job_id: str, quiet: bool, timeout: float | None) -> dict[str, Any]:
     """Wait for the job with a progress bar on a terminal (nothing elsewhere)."""
     from argd.cli.progress import PhaseBar, bar_enabled, job_progress
 
     with PhaseBar(bar_enabled(quiet), unit="epoch") as bar:
-        job: dict[str, Any] = client.wait(job_id, on_progress=job_progress(bar), timeout=timeout)
-        return job
+        return client.wait(job_id, on_progress=job_progress(bar), timeout=timeout)
 
 
 def show_job(job: dict[str, Any], as_json: bool) -> None:
