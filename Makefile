@@ -89,7 +89,7 @@ services: ## make sure Postgres and Redis answer on loopback, starting them when
 # throw-away database (dropped at the end) and a private Redis key prefix (tests/fixtures/database.py),
 # so runs on a shared machine never see each other's rows. pytest's exit 5 ("no tests collected") fails
 # the target too: a suite that silently ran nothing must not pass.
-test: $(STAMP) services fashion-mnist ## lint, then the whole test suite (Postgres and Redis are checked and started)
+test: $(STAMP) services fashion-mnist ## lint, type check, then the whole test suite (Postgres and Redis are checked and started)
 	@$(BIN)/python -c 'import sys, psycopg, redis; psycopg.connect(host=sys.argv[1], port=int(sys.argv[2]), user=sys.argv[3], dbname="postgres", connect_timeout=5).close(); redis.Redis(host=sys.argv[4], port=int(sys.argv[5]), socket_connect_timeout=5).ping()' \
 	  "$(PG_HOST)" "$(PG_PORT)" "$(PG_USER)" "$(REDIS_HOST)" "$(REDIS_PORT)" \
 	  || { echo "error: Postgres ($(PG_USER)@$(PG_HOST):$(PG_PORT)) or Redis ($(REDIS_HOST):$(REDIS_PORT)) refuses connections" >&2; exit 1; }
@@ -98,6 +98,8 @@ test: $(STAMP) services fashion-mnist ## lint, then the whole test suite (Postgr
 	echo "==> ruff check (lint) and ruff format --check"
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	echo "==> mypy (type check of argd/, configured in pyproject.toml)"
+	$(BIN)/mypy
 	echo "==> $(BIN)/python -m pytest -ra -q $(PYTEST_ARGS)"
 	rc=0
 	$(BIN)/python -m pytest -ra -q $(PYTEST_ARGS) || rc=$$?

@@ -1,7 +1,8 @@
 """A small client for the argd REST API, used by the `argd` command line and importable by pipelines.
 
-It speaks only the public contract (`/v1/...`, bearer keys, problem-details errors) and imports nothing
-from the server side, so a pipeline step can use it with just `httpx` installed.
+It speaks only the public contract (`/v1/...`, bearer keys, problem-details errors). Of argd it imports only
+the public job schema (`argd.jobs.schemas`, plain pydantic), so a pipeline step needs neither torch nor the
+server's database and broker libraries.
 
     client = ArgdClient("http://127.0.0.1:8000", api_key)
     model = client.upload_model("model.safetensors", spec)
@@ -9,6 +10,7 @@ from the server side, so a pipeline step can use it with just `httpx` installed.
     job = client.create_job(model["id"], clean["id"])
     job = client.wait(job["id"])
     client.download_model(job["id"], "cleansed.safetensors")
+    typed = client.job(job["id"])         # the same job as an argd.jobs.schemas.JobOut
 """
 
 from __future__ import annotations
@@ -18,11 +20,13 @@ import os
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 
-TERMINAL_STATUSES = frozenset({"succeeded", "failed", "canceled"})
+from argd.jobs.schemas import JobOut
+from argd.jobs.status import TERMINAL_STATUSES
+
 _CHUNK = 1 << 20
 
 
@@ -168,12 +172,12 @@ class ArgdClient:
             raise ApiError.from_response(response)
         return response
 
-    def _json(self, method: str, path: str, **kwargs: Any) -> Any:
+    def _json(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
         response = self._request(method, path, **kwargs)
         if not response.content:
             return {}
         try:
-            return response.json()
+            return cast("dict[str, Any]", response.json())  # every /v1 answer is a JSON object
         except ValueError as exc:
             raise ApiError(
                 response.status_code,
@@ -258,6 +262,10 @@ class ArgdClient:
 
     def get_job(self, job_id: str) -> dict[str, Any]:
         return self._json("GET", f"/v1/jobs/{job_id}")
+
+    def job(self, job_id: str) -> JobOut:
+        """`GET /v1/jobs/{id}` as the typed public schema (status a JobStatus, metrics, progress, error)."""
+        return JobOut.model_validate(self.get_job(job_id))
 
     def list_jobs(self, **query: Any) -> dict[str, Any]:
         """`GET /v1/jobs`: one page; `query` holds paging and filters (e.g. limit, cursor, status)."""
@@ -349,11 +357,12 @@ class ArgdClient:
 def page_items(page: Any) -> list[dict[str, Any]]:
     """The list inside a page body, whatever the server calls it (`items` or `data`), or the body itself."""
     if isinstance(page, list):
-        return page
+        return cast("list[dict[str, Any]]", page)
     if isinstance(page, dict):
         for key in ("items", "data", "jobs", "results"):
-            if isinstance(page.get(key), list):
-                return page[key]
+            items = page.get(key)
+            if isinstance(items, list):
+                return cast("list[dict[str, Any]]", items)
     return []
 
 

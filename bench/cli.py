@@ -1,4 +1,8 @@
-"""`argd bench defense|speed`: argument parsing only; the work is in `bench.defense` and `bench.speed`."""
+"""`argd bench defense|tune|speed|api-latency|upload-memory`: argument parsing only.
+
+The work is in `bench.defense`, `bench.tune`, `bench.speed` and the service benchmarks; those that need torch
+are imported when their command runs, so parsing (and `--help`) stays quick.
+"""
 
 from __future__ import annotations
 
@@ -6,51 +10,14 @@ import argparse
 import sys
 from pathlib import Path
 
+from argd.cli.argtypes import csv_list, fraction, positive_int, whole_number_list
 from argd.core.errors import ArgdError
+from bench.attacks import ALL_ATTACKS
+from bench.service import add_subcommands, run_from_args
 
-ALL_ATTACKS = ("badnets", "trojan", "blend", "cl", "sig", "refool", "wanet")
-QUICK_ATTACKS = ("badnets", "blend", "sig")
+__all__ = ["DEFAULT_DATA_ROOT", "build_parser", "main"]
+
 DEFAULT_DATA_ROOT = Path("/usr/share/datasets/fashion-mnist")
-
-
-def _csv(value: str) -> list[str]:
-    items = [v.strip().lower() for v in value.split(",") if v.strip()]
-    if not items:
-        raise argparse.ArgumentTypeError("expected a comma-separated list")
-    return items
-
-
-def _int_csv(value: str) -> list[int]:
-    try:
-        items = [int(v) for v in value.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated whole numbers, got {value!r}") from None
-    if not items or any(v < 0 for v in items):
-        raise argparse.ArgumentTypeError("expected comma-separated whole numbers >= 0")
-    return items
-
-
-def positive_int(value: str) -> int:
-    """An argparse type: a whole number above zero (also what the service benchmarks' flags take)."""
-    number = int(value)
-    if number <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
-    return number
-
-
-def positive_float(value: str) -> float:
-    """An argparse type: a number above zero."""
-    number = float(value)
-    if number <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
-    return number
-
-
-def _fraction(value: str) -> float:
-    number = float(value)
-    if not 0.0 < number <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {value}")
-    return number
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -86,7 +53,7 @@ def _add_defense_options(d: argparse.ArgumentParser) -> None:
     _add_common(d)
     d.add_argument(
         "--attacks",
-        type=_csv,
+        type=csv_list,
         help=f"comma-separated rows: attacks among {','.join(ALL_ATTACKS)}, each optionally at its own "
         "poisoning rate (badnets@0.01); default: all seven and badnets@0.01,blend@0.01",
     )
@@ -95,13 +62,13 @@ def _add_defense_options(d: argparse.ArgumentParser) -> None:
     )
     d.add_argument(
         "--poison-rate",
-        type=_fraction,
+        type=fraction,
         default=0.1,
         help="dirty-label attacks: fraction of the training set poisoned (default: %(default)s)",
     )
     d.add_argument(
         "--clean-label-rate",
-        type=_fraction,
+        type=fraction,
         default=0.05,
         help="clean-label attacks (cl, sig, refool): fraction of the training set poisoned, all from the "
         "target class (default: %(default)s, half of a class in a balanced 10-class set)",
@@ -117,7 +84,7 @@ def _add_defense_options(d: argparse.ArgumentParser) -> None:
     )
     d.add_argument(
         "--clean-fraction",
-        type=_fraction,
+        type=fraction,
         default=0.05,
         help="clean subset size as a fraction of the full training split (default: %(default)s)",
     )
@@ -128,16 +95,16 @@ def _add_defense_options(d: argparse.ArgumentParser) -> None:
     d.add_argument("--backdoor-lr", type=float, help="peak learning rate of backdoored model training")
     d.add_argument(
         "--defences",
-        type=_csv,
+        type=csv_list,
         help="defences to run (default: finetune,nad,fst,ft-sam,argd; the reference column is --reference)",
     )
     d.add_argument(
         "--seeds",
-        type=_int_csv,
+        type=whole_number_list,
         help="run the --seed-defences again with each of these seeds (e.g. 0,1,2) and report mean and spread",
     )
     d.add_argument(
-        "--seed-defences", type=_csv, help="defences that --seeds repeats (default: argd,fst,ft-sam)"
+        "--seed-defences", type=csv_list, help="defences that --seeds repeats (default: argd,fst,ft-sam)"
     )
     d.add_argument(
         "--retune",
@@ -163,11 +130,11 @@ def _add_defense_options(d: argparse.ArgumentParser) -> None:
     )
     d.add_argument(
         "--ablations",
-        type=_csv,
+        type=csv_list,
         help="ARGD variants to run (comma list, 'all' or 'none'); see bench.defense.ABLATIONS",
     )
     d.add_argument(
-        "--ablation-attacks", type=_csv, help="attacks the ablations run on (default: badnets,blend)"
+        "--ablation-attacks", type=csv_list, help="attacks the ablations run on (default: badnets,blend)"
     )
     d.add_argument(
         "--set",
@@ -200,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
         "on the same cached backdoored models, and write tune.md / tune.json.",
     )
     _add_defense_options(t)
-    t.add_argument("--grid", type=_csv, help="grid entries to run (default: all; see bench.tune.GRID)")
+    t.add_argument("--grid", type=csv_list, help="grid entries to run (default: all; see bench.tune.GRID)")
 
     s = sub.add_parser(
         "speed",
@@ -214,9 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--repeats", type=positive_int, help="timed epochs per method (default: 5, quick: 2)")
     s.add_argument("--preset", default="default", help="CleanseParams preset (default|reference)")
 
-    from bench.service import add_subcommands  # the service benchmarks: api-latency, upload-memory
-
-    add_subcommands(sub)
+    add_subcommands(sub)  # the service benchmarks: api-latency, upload-memory
     return parser
 
 
@@ -224,8 +189,6 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of `argd bench`; returns the process exit status."""
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     if getattr(args, "service_bench", None):
-        from bench.service import run_from_args
-
         return run_from_args(args)
     if args.test_npz and not args.train_npz:
         print("argd bench: error: --test-npz needs --train-npz", file=sys.stderr)

@@ -46,6 +46,7 @@ from argd.core.params import CleanseParams
 from argd.core.pipeline import ProgressEvent, run_cleanse, split_validation
 from argd.core.spec import ModelSpec
 from argd.core.trainer import Trainer
+from bench.attacks import ALL_ATTACKS, QUICK_ATTACKS
 from bench.backdoor import (
     ATTACK_SETTINGS,
     TrainSettings,
@@ -55,7 +56,6 @@ from bench.backdoor import (
     train_backdoored,
     train_clean,
 )
-from bench.cli import ALL_ATTACKS, QUICK_ATTACKS
 from bench.report import summarise, write_defense_report
 from bench.retune import retune_asr, split_retune_images
 from bench.speed import device_description

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
-from argd.api.deps import app_settings, db_session
 from argd.api.errors import Problem
 from argd.persistence import keys
+from argd.persistence.settings import Settings
 
 bearer_scheme = HTTPBearer(
     auto_error=False,
@@ -38,15 +37,13 @@ def _unauthorized(detail: str, *, invalid_token: bool) -> Problem:
     return Problem(401, "unauthorized", detail, headers={"WWW-Authenticate": challenge})
 
 
-def current_principal(
-    request: Request,
-    credentials: HTTPAuthorizationCredentials | None = Depends(bearer_scheme),
-    session: Session = Depends(db_session),
+def authenticate(
+    credentials: HTTPAuthorizationCredentials | None, session: Session, settings: Settings
 ) -> Principal:
     """The tenant of the bearer key; 401 problem (with WWW-Authenticate) when it is missing or unknown."""
     if credentials is None:
         raise _unauthorized("Missing API key: send 'Authorization: Bearer <key>'", invalid_token=False)
-    tenant = keys.authenticate(session, credentials.credentials, app_settings(request))
+    tenant = keys.authenticate(session, credentials.credentials, settings)
     if tenant is None:
         raise _unauthorized("The API key is not valid (unknown or revoked)", invalid_token=True)
     principal = Principal(tenant_id=tenant.id, tenant_name=tenant.name)

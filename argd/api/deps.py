@@ -1,4 +1,5 @@
-"""Request-scoped resources the routes share: settings, a database session and the artifact store.
+"""Request-scoped resources the routes share: settings, a database session, the artifact store, the caller
+and the job queue, each as an `Annotated` alias a route names as a parameter type (`session: SessionDep`).
 
 They come from `app.state`, set once by `create_app`, so a test can build an app on its own settings and
 database without touching process-wide state.
@@ -7,26 +8,30 @@ database without touching process-wide state.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Annotated, cast
 
-from fastapi import Request
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials
 from sqlalchemy.orm import Session, sessionmaker
 
+from argd.api.auth import Principal, authenticate, bearer_scheme
 from argd.persistence.artifacts import LocalArtifactStore
 from argd.persistence.settings import Settings
+from argd.worker.dispatch import CeleryQueue
 
 
 def app_settings(request: Request) -> Settings:
     """The settings the app was created with."""
-    return request.app.state.settings  # type: ignore[no-any-return]
+    return cast(Settings, request.app.state.settings)
 
 
 def app_store(request: Request) -> LocalArtifactStore:
     """The artifact store of the app's data directory."""
-    return request.app.state.store  # type: ignore[no-any-return]
+    return cast(LocalArtifactStore, request.app.state.store)
 
 
 def session_factory(request: Request) -> sessionmaker[Session]:
-    return request.app.state.sessionmaker  # type: ignore[no-any-return]
+    return cast("sessionmaker[Session]", request.app.state.sessionmaker)
 
 
 def db_session(request: Request) -> Iterator[Session]:
@@ -37,3 +42,26 @@ def db_session(request: Request) -> Iterator[Session]:
     finally:
         session.rollback()
         session.close()
+
+
+def job_queue(request: Request) -> CeleryQueue:
+    """Where the app sends committed jobs and the webhooks of jobs it ends (the broker of its settings)."""
+    return CeleryQueue(app_settings(request))
+
+
+SettingsDep = Annotated[Settings, Depends(app_settings)]
+StoreDep = Annotated[LocalArtifactStore, Depends(app_store)]
+SessionDep = Annotated[Session, Depends(db_session)]
+QueueDep = Annotated[CeleryQueue, Depends(job_queue)]
+
+
+def current_principal(
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
+    session: SessionDep,
+    settings: SettingsDep,
+) -> Principal:
+    """The tenant of the bearer key, or a 401 problem (`argd.api.auth.authenticate`)."""
+    return authenticate(credentials, session, settings)
+
+
+PrincipalDep = Annotated[Principal, Depends(current_principal)]

@@ -18,6 +18,14 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from argd.core.errors import ArgdError, Cancelled, InvalidInput
+from argd.jobs.errors import (
+    InvalidIdempotencyKey,
+    InvalidJobRequest,
+    JobConflict,
+    JobRefusal,
+    NotFound,
+    QueueUnavailable,
+)
 
 logger = logging.getLogger("argd.api")
 
@@ -40,6 +48,16 @@ _STATUS_CODES: dict[int, str] = {
     429: "too_many_requests",
     500: "internal",
     503: "unavailable",
+}
+
+
+# The HTTP status of each kind of refusal of the job service.
+_REFUSAL_STATUS: dict[type[JobRefusal], int] = {
+    InvalidIdempotencyKey: 400,
+    NotFound: 404,
+    JobConflict: 409,
+    InvalidJobRequest: 422,
+    QueueUnavailable: 503,
 }
 
 
@@ -175,6 +193,12 @@ async def _handle_engine_error(request: Request, exc: Exception) -> JSONResponse
     return problem_response(request, 500, "internal", "The server failed to process the request.")
 
 
+async def _handle_refusal(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, JobRefusal)
+    status = next(code for kind, code in _REFUSAL_STATUS.items() if isinstance(exc, kind))
+    return problem_response(request, status, exc.code, exc.message, details=exc.details)
+
+
 async def _handle_unexpected(request: Request, exc: Exception) -> JSONResponse:
     logger.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return problem_response(request, 500, "internal", "The server failed to process the request.")
@@ -186,6 +210,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, _handle_http_exception)
     app.add_exception_handler(RequestValidationError, _handle_validation_error)
     app.add_exception_handler(ArgdError, _handle_engine_error)
+    app.add_exception_handler(JobRefusal, _handle_refusal)
     app.add_exception_handler(Exception, _handle_unexpected)
 
 

@@ -10,8 +10,9 @@ import base64
 import binascii
 import json
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
+from fastapi import Query
 from sqlalchemy import Select, and_, or_
 
 from argd.api.errors import Problem
@@ -20,6 +21,10 @@ T = TypeVar("T")
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 200
+
+# The query parameters of every listing (`limit: LimitQuery = DEFAULT_LIMIT`, `cursor: CursorQuery = None`).
+LimitQuery = Annotated[int, Query(ge=1, le=MAX_LIMIT)]
+CursorQuery = Annotated[str | None, Query(max_length=512)]
 
 
 def encode_cursor(created_at: datetime, row_id: str) -> str:

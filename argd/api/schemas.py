@@ -1,22 +1,19 @@
 """Request and response bodies of the REST API: the JSON half of the public contract.
 
 Responses are plain pydantic models built from database rows by the routes; requests forbid unknown keys so
-a typo in a parameter name is a 422 rather than a silently ignored default.
+a typo in a parameter name is a 422 rather than a silently ignored default. The job's own schemas (request,
+summary, progress, metrics, error) are the domain's, in `argd.jobs.schemas`.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, Field
 
-from argd.core.params import CleanseParams
 from argd.core.spec import ModelSpec
-
-JobStatus = Literal["queued", "running", "succeeded", "failed", "canceled"]
-JobPhase = Literal["teacher", "distill", "evaluate"]
-Method = Literal["argd", "nad", "finetune"]
+from argd.jobs.schemas import JobSummary
 
 
 class ModelOut(BaseModel):
@@ -63,111 +60,6 @@ class ModelPage(Page):
 
 class DatasetPage(Page):
     items: list[DatasetOut]
-
-
-class JobCreate(BaseModel):
-    """What to cleanse, with which data and settings. Defaults are the reference settings of ARGD."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    model_id: str = Field(description="The uploaded (possibly backdoored) model to cleanse")
-    clean_dataset_id: str = Field(description="The small clean subset used for fine-tuning and distillation")
-    test_dataset_id: str | None = Field(default=None, description="Clean test set for ACC (optional)")
-    poisoned_dataset_id: str | None = Field(
-        default=None,
-        description="Triggered images with their ORIGINAL labels, for ASR/RA (needs target_label)",
-    )
-    target_label: int | None = Field(default=None, ge=0, description="The backdoor's target class")
-    teacher_model_id: str | None = Field(
-        default=None, description="Use this uploaded model as the teacher instead of fine-tuning one"
-    )
-    method: Method = Field(default="argd", description="argd (default), nad or finetune")
-    params: CleanseParams | None = Field(
-        default=None, description="Hyperparameters; unset ones take defaults"
-    )
-    webhook_url: str | None = Field(
-        default=None, max_length=2048, description="Called (signed) when the job reaches a final status"
-    )
-
-    @model_validator(mode="after")
-    def _poisoned_needs_target(self) -> JobCreate:
-        if (self.poisoned_dataset_id is None) != (self.target_label is None):
-            raise ValueError("poisoned_dataset_id and target_label must be given together")
-        return self
-
-
-class Progress(BaseModel):
-    """Where a running job is: epoch counts are of the current phase."""
-
-    epoch: int | None = None
-    epochs: int | None = None
-    fraction: float = Field(default=0.0, description="Fraction of the whole job done, 0..1")
-    eta_s: float | None = Field(default=None, description="Estimated seconds left")
-
-
-class PhaseMetrics(BaseModel):
-    """Fractions in [0, 1]; null when the data to measure them was not given."""
-
-    acc: float | None = None
-    asr: float | None = None
-    ra: float | None = None
-
-
-class Metrics(BaseModel):
-    before: PhaseMetrics | None = None
-    teacher: PhaseMetrics | None = None
-    after: PhaseMetrics | None = None
-    der: float | None = Field(default=None, description="Defense effectiveness rating")
-    fidelity: float | None = None
-
-
-class JobError(BaseModel):
-    code: str
-    message: str
-
-
-class HistoryEntry(BaseModel):
-    """One finished epoch of a phase, as the worker recorded it."""
-
-    phase: str
-    epoch: int
-    losses: dict[str, Any] = Field(description="Mean loss of each term over the epoch")
-    metrics: dict[str, Any] | None = Field(
-        default=None, description="Epoch-end values the engine reported (lr, val_acc, seconds, ...)"
-    )
-    recorded_at: datetime
-
-
-class JobSummary(BaseModel):
-    """A cleanse job: status, live progress, metrics, and the error if it failed."""
-
-    id: str
-    status: JobStatus
-    phase: JobPhase | None = None
-    method: Method
-    model_id: str | None = Field(description="null once the model was deleted")
-    clean_dataset_id: str | None
-    test_dataset_id: str | None = None
-    poisoned_dataset_id: str | None = None
-    target_label: int | None = None
-    teacher_model_id: str | None = None
-    params: dict[str, Any] = Field(description="The effective hyperparameters (every one, defaults filled)")
-    webhook_url: str | None = None
-    progress: Progress
-    metrics: Metrics
-    error: JobError | None = None
-    cancel_requested: bool = False
-    attempts: int = Field(0, description="Attempts started (more than 1 after a worker was lost)")
-    result_sha256: str | None = Field(default=None, description="SHA-256 of the cleansed .safetensors")
-    created_at: datetime
-    started_at: datetime | None = None
-    finished_at: datetime | None = None
-
-
-class JobOut(JobSummary):
-    """A job with its per-epoch history."""
-
-    history: list[HistoryEntry] = Field(description="Finished epochs, teacher first, in order")
 
 
 class JobPage(Page):

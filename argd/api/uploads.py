@@ -17,7 +17,7 @@ import contextlib
 import hashlib
 import os
 import tempfile
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -120,8 +120,8 @@ class _MultipartReader:
         self.ended = False
         self.open_sinks: list[_FileSink] = []
 
-    def callbacks(self) -> dict[str, object]:
-        def record(name: str):  # type: ignore[no-untyped-def]
+    def callbacks(self) -> dict[str, Callable[..., None]]:
+        def record(name: str) -> Callable[..., None]:
             def on_event(data: bytes | None = None, start: int = 0, end: int = 0) -> None:
                 self.events.append((name, b"" if data is None else bytes(data[start:end])))
 

@@ -12,11 +12,10 @@ import sys
 from pathlib import Path
 from typing import Any, get_args
 
+from argd.cli.argtypes import existing_file, float_list
 from argd.cli.common import (
     EXIT_OK,
     CliError,
-    existing_file,
-    float_list,
     given,
     info,
     json_object_file,
@@ -26,7 +25,6 @@ from argd.cli.common import (
 )
 from argd.core.params import Method, TeacherSource
 
-METHODS = get_args(Method)
 #: What --teacher-recipe offers: every teacher source but an uploaded model (that is --teacher FILE).
 TEACHER_RECIPES = tuple(t for t in get_args(TeacherSource) if t != "uploaded")
 
@@ -65,7 +63,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     hp = p.add_argument_group("parameters (preset, then --params file, then these flags)")
     hp.add_argument("--preset", choices=["default", "reference"], default="default")
     hp.add_argument("--params", type=existing_file, help="JSON object of CleanseParams fields")
-    hp.add_argument("--method", choices=METHODS)
+    hp.add_argument("--method", choices=get_args(Method))
     hp.add_argument(
         "--teacher-recipe",
         choices=TEACHER_RECIPES,

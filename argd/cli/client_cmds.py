@@ -12,32 +12,38 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, get_args
 
+from argd.cli.argtypes import existing_file, positive_float, positive_int
 from argd.cli.cleanse import add_spec_arguments, build_spec, summary_table
 from argd.cli.common import (
     EXIT_FAILURE,
     EXIT_OK,
     ArgumentParser,
     CliError,
-    existing_file,
     given,
     info,
     json_object_file,
     preset_params,
     print_json,
 )
+from argd.core.params import Method
+
+if TYPE_CHECKING:  # httpx is imported when a command talks to a server, not to parse options
+    from argd.client import ArgdClient
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 
 
-def register(commands: argparse._SubParsersAction) -> None:
+def register(commands: argparse._SubParsersAction[ArgumentParser]) -> None:
     """Add the client commands to the command tree."""
     server = ArgumentParser(add_help=False)
     conn = server.add_argument_group("server")
     conn.add_argument("--url", help=f"server URL (default: $ARGD_URL or {DEFAULT_URL})")
     conn.add_argument("--api-key", help="API key (default: $ARGD_API_KEY)")
-    conn.add_argument("--timeout", type=float, default=60.0, help="seconds per HTTP request (default: 60)")
+    conn.add_argument(
+        "--timeout", type=positive_float, default=60.0, help="seconds per HTTP request (default: 60)"
+    )
     output = ArgumentParser(add_help=False)
     output.add_argument("--json", action="store_true", help="print the server's JSON instead of a summary")
 
@@ -66,7 +72,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     poisoned.add_argument("--poisoned-id")
     data.add_argument("--target-label", type=int)
     hp = s.add_argument_group("parameters (unset ones take the server's defaults)")
-    hp.add_argument("--method", choices=["argd", "nad", "finetune"])
+    hp.add_argument("--method", choices=get_args(Method))
     hp.add_argument("--preset", choices=["default", "reference"], help="send every parameter of this preset")
     hp.add_argument("--params", type=existing_file, help="JSON object of CleanseParams fields")
     hp.add_argument("--epochs", type=int)
@@ -77,7 +83,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     follow = s.add_argument_group("follow")
     follow.add_argument("--wait", action="store_true", help="follow the job until it finishes")
     follow.add_argument("--download", type=Path, metavar="DIR", help="with --wait: save the result into DIR")
-    follow.add_argument("--wait-timeout", type=float, help="give up waiting after this many seconds")
+    follow.add_argument("--wait-timeout", type=positive_float, help="give up waiting after this many seconds")
     follow.add_argument("--quiet", "-q", action="store_true", help="no progress bar or notes")
     s.set_defaults(func=cmd_submit)
 
@@ -101,7 +107,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     d.set_defaults(func=cmd_download)
 
     j = commands.add_parser("jobs", parents=[server, output], help="list your jobs, newest first")
-    j.add_argument("--limit", type=int, default=20, help="jobs per page (default: %(default)s)")
+    j.add_argument("--limit", type=positive_int, default=20, help="jobs per page (default: %(default)s)")
     j.add_argument("--status", choices=["queued", "running", "succeeded", "failed", "canceled"])
     j.add_argument("--all", action="store_true", help="follow every page")
     j.set_defaults(func=cmd_jobs)
@@ -111,7 +117,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     c.set_defaults(func=cmd_cancel)
 
 
-def make_client(args: argparse.Namespace) -> Any:
+def make_client(args: argparse.Namespace) -> ArgdClient:
     """The client for --url/--api-key, falling back to ARGD_URL/ARGD_API_KEY."""
     from argd.client import ArgdClient
 
@@ -196,7 +202,7 @@ def submit_params(args: argparse.Namespace) -> dict[str, Any] | None:
     overrides.update(given(flags))
     full = preset_params(args.preset or "default", overrides)
     if args.preset:
-        return full.model_dump(mode="json")
+        return dict(full.model_dump(mode="json"))
     return overrides or None
 
 
@@ -262,7 +268,7 @@ def cmd_download(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def save_result(client: Any, job_id: str, out: Path, *, with_report: bool, quiet: bool) -> list[Path]:
+def save_result(client: ArgdClient, job_id: str, out: Path, *, with_report: bool, quiet: bool) -> list[Path]:
     """DIR/model.safetensors (+ DIR/report.json): the same layout `argd cleanse` writes."""
     if out.exists() and not out.is_dir():
         raise CliError(f"--out {out} exists and is not a folder")
@@ -281,7 +287,7 @@ def save_result(client: Any, job_id: str, out: Path, *, with_report: bool, quiet
 # ------------------------------------------------------------------------------------------------ display
 
 
-def follow(client: Any, job_id: str, quiet: bool, timeout: float | None) -> dict[str, Any]:
+def follow(client: ArgdClient, job_id: str, quiet: bool, timeout: float | None) -> dict[str, Any]:
     """Wait for the job with a progress bar on a terminal (nothing elsewhere)."""
     from argd.cli.progress import PhaseBar, bar_enabled, job_progress
 

@@ -8,6 +8,12 @@ import sys
 from pathlib import Path
 from typing import Any, NoReturn
 
+from pydantic import ValidationError
+
+# The argparse types live in argd.cli.argtypes; these two are named here too for the commands that take them
+# from this module.
+from argd.core.params import CleanseParams
+
 # Exit codes (documented in the README): scripts branch on them.
 EXIT_OK = 0
 EXIT_FAILURE = 1  # the work ran and failed: a job failed or was canceled, an internal error
@@ -30,28 +36,6 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
-
-
-def existing_file(value: str) -> Path:
-    """argparse type: a path that must be a readable file, checked before any work starts."""
-    path = Path(value).expanduser()
-    if not path.exists():
-        raise argparse.ArgumentTypeError(f"no such file: {value}")
-    if not path.is_file():
-        raise argparse.ArgumentTypeError(f"not a file: {value}")
-    return path
-
-
-def float_list(value: str) -> list[float]:
-    """argparse type: `0.286` or `0.49,0.48,0.45` (commas or spaces)."""
-    parts = [p for p in value.replace(",", " ").split() if p]
-    try:
-        numbers = [float(p) for p in parts]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected numbers separated by commas, got {value!r}") from None
-    if not numbers:
-        raise argparse.ArgumentTypeError("expected at least one number")
-    return numbers
 
 
 def read_json_file(path: Path, what: str) -> Any:
@@ -80,7 +64,7 @@ def given(flags: dict[str, Any]) -> dict[str, Any]:
     return {name: value for name, value in flags.items() if value is not None}
 
 
-def validation_message(exc: Any) -> str:
+def validation_message(exc: ValidationError) -> str:
     """pydantic's errors as `field: message; field: message` on one line."""
     parts = []
     for error in exc.errors():
@@ -89,13 +73,9 @@ def validation_message(exc: Any) -> str:
     return "; ".join(parts)
 
 
-def preset_params(preset: str, overrides: dict[str, Any]) -> Any:
-    """`CleanseParams.preset(preset, **overrides)`, any problem as one CliError line (imported lazily:
-    a client command needs no torch)."""
-    from pydantic import ValidationError
-
-    from argd.core.params import CleanseParams
-
+def preset_params(preset: str, overrides: dict[str, Any]) -> CleanseParams:
+    """`CleanseParams.preset(preset, **overrides)`, any problem as one CliError line (`argd.core.params` is
+    pydantic only: a client command still loads no torch)."""
     try:
         return CleanseParams.preset(preset, **overrides)
     except ValidationError as exc:

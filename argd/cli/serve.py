@@ -13,12 +13,12 @@ import sys
 import threading
 from typing import Any
 
-from argd.cli.common import EXIT_FAILURE, EXIT_OK, CliError, info, print_json
+from argd.cli.common import EXIT_FAILURE, EXIT_OK, ArgumentParser, CliError, info, print_json
 
 WORKER_STOP_TIMEOUT_S = 30.0
 
 
-def register(commands: argparse._SubParsersAction) -> None:
+def register(commands: argparse._SubParsersAction[ArgumentParser]) -> None:
     """Add `serve`, `worker`, `migrate` and `keys` to the command tree."""
     p = commands.add_parser(
         "serve",
@@ -149,7 +149,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if overrides:
         settings = settings.model_copy(update=overrides)
     settings.ensure_dirs()
-    from argd.worker.celery_app import run_worker
+    from argd.worker.main import run_worker
 
     run_worker(settings, loglevel=args.log_level.upper())
     return EXIT_OK
@@ -225,7 +225,8 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
     print(f"{'PREFIX':18} {'TENANT':20} {'CREATED':20} {'STATE':8}")
     for row in rows:
         state = "revoked" if row["revoked_at"] else "active"
-        print(f"{row['prefix']:18} {row['tenant'][:20]:20} {(row['created_at'] or '')[:19]:20} {state:8}")
+        created = row["created_at"] or ""
+        print(f"{row['prefix']:18} {str(row['tenant'])[:20]:20} {created[:19]:20} {state:8}")
     return EXIT_OK
 
 

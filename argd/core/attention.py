@@ -40,7 +40,8 @@ def normalize_map(attention: torch.Tensor) -> torch.Tensor:
     with torch.autocast(device_type=attention.device.type, enabled=False):
         a = attention.float()
         norm = torch.linalg.vector_norm(a.flatten(1), dim=1).view(-1, *([1] * (a.dim() - 1)))
-        return a / (norm + EPS)
+        normalized: torch.Tensor = a / (norm + EPS)
+        return normalized
 
 
 def normalized_attention(features: torch.Tensor, p: float = 2.0) -> torch.Tensor:

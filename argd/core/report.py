@@ -14,19 +14,23 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from argd.core.weights import sha256_file
+
+if TYPE_CHECKING:  # types only: writing a report needs no trainer
+    from argd.core.pipeline import CleanseResult
+    from argd.core.spec import ModelSpec
 
 REPORT_FORMAT = "argd-report/1"
 
 
 def build_report(
-    result: Any,
+    result: CleanseResult,
     inputs: Mapping[str, str | os.PathLike[str] | None],
     outputs: Mapping[str, str | os.PathLike[str] | None],
     *,
-    spec: Any = None,
+    spec: ModelSpec | None = None,
     target_label: int | None = None,
     device: str | None = None,
     extra: Mapping[str, Any] | None = None,

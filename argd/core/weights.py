@@ -10,6 +10,7 @@ on one dummy batch.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import os
 import pickle
 import re
@@ -59,8 +60,11 @@ _UPLOAD_HINT = "upload model.state_dict() saved with torch.save, or a .safetenso
 
 # NumPy scalars (e.g. a best accuracy stored as np.float64 next to the weights) are plain numbers: the
 # restricted unpickler may rebuild them, and nothing else from NumPy.
+_MULTIARRAY = importlib.import_module(
+    "numpy._core.multiarray" if hasattr(np, "_core") else "numpy.core.multiarray"
+)
 _NUMPY_SCALAR_GLOBALS: list[Any] = [
-    np._core.multiarray.scalar if hasattr(np, "_core") else np.core.multiarray.scalar,
+    _MULTIARRAY.scalar,
     np.dtype,
     *{type(np.dtype(code)) for code in "?bhilqBHILQefdg"},
 ]

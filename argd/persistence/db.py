@@ -12,13 +12,23 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Protocol, TypeVar, cast
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import CursorResult, Engine, Result, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from argd.persistence.settings import Settings, get_settings
+
+
+class TenantRow(Protocol):
+    """A row some tenant owns (models, datasets, jobs)."""
+
+    tenant_id: Any  # a mapped str column on the classes, a plain str on their instances
+
+
+RowT = TypeVar("RowT", bound=TenantRow)
+MAX_ID_LENGTH = 64
 
 _lock = threading.Lock()
 _engines: dict[str, Engine] = {}
@@ -88,3 +98,33 @@ def dispose_engines(close: bool = True) -> None:
             engine.dispose(close=close)
         _engines.clear()
         _factories.clear()
+
+
+def affected_rows(result: Result[Any]) -> int:
+    """How many rows an UPDATE or DELETE changed (what `session.execute` returns for one is a cursor
+    result)."""
+    return int(cast("CursorResult[Any]", result).rowcount)
+
+
+def get_owned(
+    session: Session,
+    entity: type[RowT],
+    row_id: str,
+    tenant_id: str,
+    *,
+    lock: Literal["update", "share"] | None = None,
+) -> RowT | None:
+    """The row with this id if `tenant_id` owns it, else None (whether it exists or not).
+
+    `lock` takes a row lock on Postgres (FOR UPDATE / FOR SHARE) so that deleting a model or dataset and
+    creating a job that uses it cannot interleave.
+    """
+    if len(row_id) > MAX_ID_LENGTH:
+        return None
+    options: dict[str, Any] = {}
+    if lock is not None:
+        options["with_for_update"] = {"read": lock == "share"}
+    row = session.get(entity, row_id, **options)
+    if row is None or row.tenant_id != tenant_id:
+        return None
+    return row

@@ -26,24 +26,18 @@ from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from argd.jobs.status import ACTIVE_STATUSES, TERMINAL_STATUSES, JobStatus
 from argd.persistence.artifacts import ArtifactStore, Blob, register_artifact, release_artifacts
-from argd.persistence.models import (
-    ACTIVE_STATUSES,
-    TERMINAL_STATUSES,
-    Job,
-    JobEvent,
-    WebhookDelivery,
-    utcnow,
-)
+from argd.persistence.db import affected_rows
+from argd.persistence.models import Job, JobEvent, WebhookDelivery, utcnow
 
 log = logging.getLogger(__name__)
 
 ALLOWED_TRANSITIONS: dict[str, frozenset[str]] = {
-    "queued": frozenset({"running", "canceled", "failed"}),
-    "running": frozenset({"succeeded", "failed", "canceled", "queued", "running"}),
-    "succeeded": frozenset(),
-    "failed": frozenset(),
-    "canceled": frozenset(),
+    JobStatus.QUEUED: frozenset({JobStatus.RUNNING, JobStatus.CANCELED, JobStatus.FAILED}),
+    # running -> succeeded / failed / canceled; -> queued (worker lost); -> running (taken over when stale)
+    JobStatus.RUNNING: frozenset(JobStatus),
+    **{status: frozenset() for status in TERMINAL_STATUSES},
 }
 
 # Error codes a failed job can carry; messages are for humans and never hold stack traces.
@@ -87,7 +81,7 @@ class IdempotencyConflict(JobError):
 
     def __init__(self, job: Job):
         super().__init__(
-            f"the Idempotency-Key was already used for job {job.id} with a different request body"
+            f"The Idempotency-Key was already used for job {job.id} with a different request body"
         )
         self.job = job
 
@@ -122,7 +116,7 @@ def _transition(
         stmt.values(status=target, **values), execution_options={"synchronize_session": False}
     )
     job = _load(session, job_id)
-    if result.rowcount != 1:  # type: ignore[attr-defined]
+    if affected_rows(result) != 1:
         reason = ""
         if attempt is not None and job.attempts != attempt and job.status in sources:
             reason = f"attempt {attempt} was superseded by attempt {job.attempts}"
@@ -154,9 +148,9 @@ def create_job(
     Enqueue the job only after the caller has committed (`argd.worker.dispatch.enqueue_job`).
     """
     if idempotency_key is not None:
-        existing = find_by_idempotency_key(session, tenant_id, idempotency_key)
+        existing = find_replay(session, tenant_id, idempotency_key, request_hash)
         if existing is not None:
-            return _check_replay(existing, request_hash), False
+            return existing, False
     job = Job(
         tenant_id=tenant_id,
         model_id=model_id,
@@ -180,45 +174,21 @@ def create_job(
     except IntegrityError:
         if idempotency_key is None:
             raise
-        existing = find_by_idempotency_key(session, tenant_id, idempotency_key)
+        existing = find_replay(session, tenant_id, idempotency_key, request_hash)
         if existing is None:
             raise
-        return _check_replay(existing, request_hash), False
+        return existing, False
     # webhook_status "pending" means: send when the job ends.
     return job, True
 
 
-def _check_replay(job: Job, request_hash: str | None) -> Job:
-    if job.request_hash != request_hash:
+def find_replay(session: Session, tenant_id: str, key: str, request_hash: str | None) -> Job | None:
+    """The tenant's job created with this idempotency key, or None; IdempotencyConflict when that job was
+    created by a different request (the one check of a replay, for every caller)."""
+    job = session.scalar(select(Job).where(Job.tenant_id == tenant_id, Job.idempotency_key == key))
+    if job is not None and job.request_hash != request_hash:
         raise IdempotencyConflict(job)
     return job
-
-
-def find_by_idempotency_key(session: Session, tenant_id: str, key: str) -> Job | None:
-    return session.scalar(select(Job).where(Job.tenant_id == tenant_id, Job.idempotency_key == key))
-
-
-def get_job(session: Session, job_id: str, tenant_id: str | None = None) -> Job | None:
-    """The job, or None if it does not exist or belongs to another tenant."""
-    job = session.get(Job, job_id)
-    if job is None or (tenant_id is not None and job.tenant_id != tenant_id):
-        return None
-    return job
-
-
-def list_jobs(
-    session: Session, tenant_id: str, *, limit: int = 50, offset: int = 0, status: str | None = None
-) -> tuple[list[Job], int]:
-    """A page of the tenant's jobs, newest first, and the total count (uses the (tenant, created) index)."""
-    query = select(Job).where(Job.tenant_id == tenant_id)
-    counter = select(func.count()).select_from(Job).where(Job.tenant_id == tenant_id)
-    if status is not None:
-        query = query.where(Job.status == status)
-        counter = counter.where(Job.status == status)
-    rows = session.scalars(
-        query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit).offset(offset)
-    ).all()
-    return list(rows), int(session.scalar(counter) or 0)
 
 
 def job_events(session: Session, job_id: str) -> list[JobEvent]:
@@ -293,16 +263,15 @@ def claim_job(
         return Claim("busy", job)
     claimable = or_(Job.status == "queued", and_(Job.status == "running", Job.heartbeat_at < cutoff))
     try:
-        checkpoint = job.checkpoint_sha256
         # Only a running attempt can have run past the limit (a queued job's start time is an old attempt's).
         ending = _lost_attempt_ending(
             job, now, time_limit_s if job.status == "running" else None, max_attempts
         )
         if ending is not None:
             outcome, status, error = ending
-            job = _finish(session, job, status, extra=claimable, now=now, **error)
-            if store is not None:
-                release_artifacts(session, store, [checkpoint])
+            job = _end_attempt(
+                session, store, job.id, job.attempts, status, sources=(job.status,), extra=claimable, **error
+            )
             return Claim(outcome, job)
         resumed = job.attempts > 0
         job = _transition(
@@ -330,7 +299,7 @@ def claim_job(
 
 def _lost_attempt_ending(
     job: Job, now: datetime, time_limit_s: float | None, max_attempts: int
-) -> tuple[Literal["canceled", "timed_out", "exhausted"], str, dict[str, str]] | None:
+) -> tuple[Literal["canceled", "timed_out", "exhausted"], JobStatus, dict[str, str]] | None:
     """How a job whose attempt was lost ends instead of running again, as (claim outcome, final status,
     error fields); None when it may run again.
 
@@ -338,30 +307,18 @@ def _lost_attempt_ending(
     killed its process); failed with `worker_lost` when its attempts are used up.
     """
     if job.cancel_requested:
-        return "canceled", "canceled", {}
+        return "canceled", JobStatus.CANCELED, {}
     if (
         time_limit_s is not None
         and job.attempt_started_at is not None
         and now - job.attempt_started_at >= timedelta(seconds=time_limit_s)
     ):
         error = {"error_code": "timed_out", "error_message": timed_out_message(time_limit_s)}
-        return "timed_out", "failed", error
+        return "timed_out", JobStatus.FAILED, error
     if job.attempts >= max_attempts:
         error = {"error_code": "worker_lost", "error_message": worker_lost_message(job.attempts)}
-        return "exhausted", "failed", error
+        return "exhausted", JobStatus.FAILED, error
     return None
-
-
-def _finish(session: Session, job: Job, status: str, *, extra: Any, now: datetime, **values: Any) -> Job:
-    return _transition(
-        session,
-        job.id,
-        status,
-        sources=(job.status,),
-        attempt=job.attempts,
-        extra=extra,
-        values={"finished_at": now, "eta_s": None, "checkpoint_sha256": None, **values},
-    )
 
 
 def heartbeat(session: Session, job_id: str, attempt: int) -> bool | None:
@@ -404,7 +361,7 @@ def update_progress(
         ),
         execution_options={"synchronize_session": False},
     )
-    return result.rowcount == 1  # type: ignore[attr-defined]
+    return affected_rows(result) == 1
 
 
 def record_epoch(
@@ -459,29 +416,18 @@ def mark_succeeded(
     """
     register_artifact(session, model, "result-model")
     register_artifact(session, report, "report")
-    current = _load(session, job_id)
-    checkpoint = current.checkpoint_sha256
-    job = _transition(
-        session,
-        job_id,
-        "succeeded",
-        sources=("running",),
-        attempt=attempt,
-        values={
-            "metrics": metrics,
-            "result_model_sha256": model.sha256,
-            "report_sha256": report.sha256,
-            "checkpoint_sha256": None,
-            "fraction": 1.0,
-            "eta_s": 0.0,
-            **({"epoch": epochs, "epochs": epochs} if epochs is not None else {}),
-            "finished_at": utcnow(),
-            "error_code": None,
-            "error_message": None,
-        },
-    )
-    release_artifacts(session, store, [checkpoint])
-    return job
+    results: dict[str, Any] = {
+        "metrics": metrics,
+        "result_model_sha256": model.sha256,
+        "report_sha256": report.sha256,
+        "fraction": 1.0,
+        "eta_s": 0.0,
+        "error_code": None,
+        "error_message": None,
+    }
+    if epochs is not None:
+        results.update(epoch=epochs, epochs=epochs)
+    return _end_attempt(session, store, job_id, attempt, JobStatus.SUCCEEDED, **results)
 
 
 def mark_failed(
@@ -497,13 +443,13 @@ def mark_failed(
     if code not in ERROR_CODES:
         raise ValueError(f"unknown error code {code!r}; known: {', '.join(ERROR_CODES)}")
     return _end_attempt(
-        session, store, job_id, attempt, "failed", error_code=code, error_message=message[:2000]
+        session, store, job_id, attempt, JobStatus.FAILED, error_code=code, error_message=message[:2000]
     )
 
 
 def mark_canceled(session: Session, store: ArtifactStore | None, job_id: str, attempt: int) -> Job:
     """Finish a running attempt that stopped because cancellation was requested."""
-    return _end_attempt(session, store, job_id, attempt, "canceled")
+    return _end_attempt(session, store, job_id, attempt, JobStatus.CANCELED)
 
 
 def _end_attempt(
@@ -511,16 +457,23 @@ def _end_attempt(
     store: ArtifactStore | None,
     job_id: str,
     attempt: int,
-    status: str,
+    status: JobStatus,
+    *,
+    sources: Iterable[str] = (JobStatus.RUNNING,),
+    extra: Any = None,
     **values: Any,
 ) -> Job:
+    """The one way an attempt ends: the final status with `values`, `finished_at` now, no ETA, and the
+    checkpoint released (kept when `store` is None). IllegalTransition when the attempt no longer owns the
+    job (or `extra` no longer holds)."""
     checkpoint = _load(session, job_id).checkpoint_sha256
     job = _transition(
         session,
         job_id,
         status,
-        sources=("running",),
+        sources=sources,
         attempt=attempt,
+        extra=extra,
         values={"finished_at": utcnow(), "eta_s": None, "checkpoint_sha256": None, **values},
     )
     if store is not None:
@@ -602,15 +555,13 @@ def requeue_stale_jobs(
         select(Job).where(Job.status == "running", or_(Job.heartbeat_at < cutoff, Job.heartbeat_at.is_(None)))
     ).all()
     outcome = Recovery()
-    ended_checkpoints: list[str | None] = []
     still_stale = or_(Job.heartbeat_at < cutoff, Job.heartbeat_at.is_(None))
     for job in stale:
-        checkpoint = job.checkpoint_sha256
         try:
             ending = _lost_attempt_ending(job, now, time_limit_s, max_attempts)
             if ending is not None:
                 _, status, error = ending
-                _finish(session, job, status, extra=still_stale, now=now, **error)
+                _end_attempt(session, store, job.id, job.attempts, status, extra=still_stale, **error)
                 (outcome.canceled if status == "canceled" else outcome.failed).append(job.id)
             else:
                 _transition(
@@ -625,10 +576,6 @@ def requeue_stale_jobs(
                 outcome.requeued.append(job.id)
         except IllegalTransition:
             continue  # someone else dealt with it first
-        if job.id not in outcome.requeued:
-            ended_checkpoints.append(checkpoint)
-    if store is not None and ended_checkpoints:
-        release_artifacts(session, store, ended_checkpoints)
     return outcome
 
 
@@ -642,33 +589,3 @@ def jobs_with_pending_webhooks(session: Session, older_than_s: float) -> list[st
             )
         )
     )
-
-
-# --- presentation ---------------------------------------------------------------------------------------
-
-
-def _iso(value: datetime | None) -> str | None:
-    return value.isoformat() if value is not None else None
-
-
-def job_summary(job: Job) -> dict[str, Any]:
-    """The job as JSON (webhook payloads; the API's schema carries the same fields)."""
-    return {
-        "id": job.id,
-        "status": job.status,
-        "method": job.method,
-        "phase": job.phase,
-        "progress": {"epoch": job.epoch, "epochs": job.epochs, "fraction": job.fraction, "eta_s": job.eta_s},
-        "attempts": job.attempts,
-        "metrics": job.metrics,
-        "error": {"code": job.error_code, "message": job.error_message} if job.error_code else None,
-        "model_id": job.model_id,
-        "clean_dataset_id": job.clean_dataset_id,
-        "test_dataset_id": job.test_dataset_id,
-        "poisoned_dataset_id": job.poisoned_dataset_id,
-        "result_model_sha256": job.result_model_sha256,
-        "report_sha256": job.report_sha256,
-        "created_at": _iso(job.created_at),
-        "started_at": _iso(job.started_at),
-        "finished_at": _iso(job.finished_at),
-    }

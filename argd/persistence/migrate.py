@@ -58,8 +58,3 @@ def current_revision(settings: Settings | None = None) -> str | None:
 def head_revision() -> str | None:
     """The newest revision among the scripts."""
     return ScriptDirectory.from_config(alembic_config(Settings())).get_current_head()
-
-
-def is_up_to_date(settings: Settings | None = None) -> bool:
-    """Whether the database is at the newest revision (readiness checks use this)."""
-    return current_revision(settings) == head_revision()

@@ -32,9 +32,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-JOB_STATUSES = ("queued", "running", "succeeded", "failed", "canceled")
-TERMINAL_STATUSES = frozenset({"succeeded", "failed", "canceled"})
-ACTIVE_STATUSES = frozenset({"queued", "running"})
+from argd.jobs.status import JobStatus
 
 JSONType = JSON().with_variant(JSONB(), "postgresql")
 BigId = BigInteger().with_variant(Integer(), "sqlite")  # SQLite autoincrements INTEGER primary keys only
@@ -121,11 +119,9 @@ class Artifact(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
-class Model(Base):
-    """An uploaded classifier: its weights (safetensors) and the spec that rebuilds it."""
-
-    __tablename__ = "models"
-    __table_args__ = (Index("ix_models_tenant_created", "tenant_id", "created_at"),)
+class UploadColumns:
+    """What every uploaded file's row has, models and datasets alike: its tenant and name, the stored bytes
+    (an artifact), the sha256 of the bytes as uploaded (they differ after a conversion), free metadata."""
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
@@ -133,29 +129,30 @@ class Model(Base):
     sha256: Mapped[str] = mapped_column(ForeignKey("artifacts.sha256", ondelete="RESTRICT"), index=True)
     size: Mapped[int] = mapped_column(BigInteger)
     source_sha256: Mapped[str | None] = mapped_column(String(64), doc="sha256 of the file as uploaded")
-    spec: Mapped[dict[str, Any]]
-    parameters: Mapped[int] = mapped_column(BigInteger, default=0, doc="number of weights")
     meta: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
-class Dataset(Base):
+class Model(UploadColumns, Base):
+    """An uploaded classifier: its weights (safetensors) and the spec that rebuilds it."""
+
+    __tablename__ = "models"
+    __table_args__ = (Index("ix_models_tenant_created", "tenant_id", "created_at"),)
+
+    spec: Mapped[dict[str, Any]]
+    parameters: Mapped[int] = mapped_column(BigInteger, default=0, doc="number of weights")
+
+
+class Dataset(UploadColumns, Base):
     """An uploaded image set (`format`: 'npz' or 'zip', as stored)."""
 
     __tablename__ = "datasets"
     __table_args__ = (Index("ix_datasets_tenant_created", "tenant_id", "created_at"),)
 
-    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
-    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
-    name: Mapped[str] = mapped_column(String(255))
-    sha256: Mapped[str] = mapped_column(ForeignKey("artifacts.sha256", ondelete="RESTRICT"), index=True)
-    size: Mapped[int] = mapped_column(BigInteger)
     format: Mapped[str] = mapped_column(String(16), default="npz")
     count: Mapped[int] = mapped_column(Integer)
     shape: Mapped[list[int]] = mapped_column(JSONType, doc="[C, H, W] of one image")
     classes: Mapped[list[Any]] = mapped_column(JSONType, doc="class labels present")
-    meta: Mapped[dict[str, Any]] = mapped_column(default=dict)
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class Job(Base):
@@ -163,7 +160,7 @@ class Job(Base):
 
     __tablename__ = "jobs"
     __table_args__ = (
-        CheckConstraint(f"status IN ({', '.join(repr(s) for s in JOB_STATUSES)})", name="status"),
+        CheckConstraint(f"status IN ({', '.join(repr(str(s)) for s in JobStatus)})", name="status"),
         UniqueConstraint("tenant_id", "idempotency_key", name="uq_jobs_tenant_idempotency_key"),
         Index("ix_jobs_tenant_created", "tenant_id", "created_at"),
         Index("ix_jobs_status", "status"),
@@ -218,10 +215,6 @@ class Job(Base):
     events: Mapped[list[JobEvent]] = relationship(
         back_populates="job", cascade="all, delete-orphan", passive_deletes=True, order_by="JobEvent.id"
     )
-
-    @property
-    def is_terminal(self) -> bool:
-        return self.status in TERMINAL_STATUSES
 
 
 class JobEvent(Base):

@@ -10,8 +10,10 @@ Postgres and Redis.
 from __future__ import annotations
 
 import base64
+import json
 import os
 import secrets
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -198,6 +200,28 @@ class Settings(BaseSettings):
             options = self.celery_transport_options()
             for key in ("data_folder_in", "data_folder_out", "control_folder", "processed_folder"):
                 Path(options[key]).mkdir(parents=True, exist_ok=True)
+
+    def to_env(self, fields: Iterable[str] | None = None) -> dict[str, str]:
+        """These settings as the `ARGD_*` variables that make another process read the same values.
+
+        Lists and dicts are JSON, booleans `true`/`false`, secrets in clear; unset (None) values are left
+        out. `fields` limits it to those settings (by attribute name).
+        """
+        values = self.model_dump(include=set(fields) if fields is not None else None)
+        env: dict[str, str] = {}
+        for name, value in values.items():
+            if value is None:
+                continue
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
+            if isinstance(value, bool):
+                text = "true" if value else "false"
+            elif isinstance(value, dict | list):
+                text = json.dumps(value)
+            else:
+                text = str(value)
+            env[f"ARGD_{name.upper()}"] = text
+        return env
 
     def master_webhook_secret(self) -> bytes:
         """The master signing key: from settings, else generated once and kept in the data directory."""

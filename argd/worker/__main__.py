@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from argd.worker.celery_app import run_worker
+from argd.worker.main import run_worker
 
 if __name__ == "__main__":
     run_worker(loglevel=os.environ.get("ARGD_LOG_LEVEL", "INFO"))

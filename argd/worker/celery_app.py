@@ -5,16 +5,14 @@ process running it dies (`reject_on_worker_lost`; the job's attempt count caps t
 reserved at a time (`prefetch 1`), and, on Redis, a visibility timeout longer than the hard time limit so a
 running job is never redelivered while it runs. The job state lives in the database; no result backend.
 
-A worker also runs the recovery pass (`argd.worker.recovery`) on a timer in its main process: it requeues
-jobs whose worker was lost without the broker noticing (the whole worker killed; the filesystem broker).
+The producer side (`argd.worker.dispatch`) needs only this module. A worker process is started by
+`argd.worker.main`, which also adds the recovery pass (`argd.worker.recovery`) to it.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
-import socket
 import threading
 from typing import Any
 
@@ -22,7 +20,7 @@ from celery import Celery
 from celery.signals import worker_process_init
 
 from argd.persistence.db import dispose_engines
-from argd.persistence.settings import Settings, get_settings, use_settings
+from argd.persistence.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
@@ -72,9 +70,6 @@ def create_celery(settings: Settings | None = None) -> Celery:
             },
         },
     )
-    from argd.worker.recovery import RecoveryStep
-
-    app.steps["worker"].add(RecoveryStep)
     return app
 
 
@@ -97,37 +92,6 @@ def get_celery(settings: Settings | None = None) -> Celery:
         return app
 
 
-def worker_argv(settings: Settings, *, loglevel: str = "INFO", hostname: str | None = None) -> list[str]:
-    """Command-line arguments of `celery worker` for these settings."""
-    return [
-        "worker",
-        f"--queues={settings.queue}",
-        f"--concurrency={settings.worker_concurrency}",
-        f"--loglevel={loglevel}",
-        f"--hostname={hostname or f'argd-{os.getpid()}@{socket.gethostname()}'}",
-        "--pool=prefork",
-        "--prefetch-multiplier=1",
-        "--without-mingle",
-        "--without-gossip",
-        "--without-heartbeat",
-    ]
-
-
-def run_worker(
-    settings: Settings | None = None, *, loglevel: str = "INFO", hostname: str | None = None
-) -> None:
-    """Run a worker in this process until it is stopped (`argd worker`, and the worker `argd serve` starts).
-
-    The settings become the process settings, so the pool processes see the same configuration.
-    """
-    settings = settings or get_settings()
-    use_settings(settings)
-    if settings.torch_threads is not None:
-        os.environ.setdefault("OMP_NUM_THREADS", str(settings.torch_threads))
-    app = get_celery(settings)
-    app.worker_main(worker_argv(settings, loglevel=loglevel, hostname=hostname))
-
-
 @worker_process_init.connect
 def _init_pool_process(**_: Any) -> None:
     """In each forked pool process: drop inherited DB connections, set torch's thread count."""
@@ -137,10 +101,3 @@ def _init_pool_process(**_: Any) -> None:
         import torch
 
         torch.set_num_threads(settings.torch_threads)
-
-
-def __getattr__(name: str) -> Any:
-    # `celery -A argd.worker.celery_app worker` looks for `app`; build it from the environment on demand.
-    if name == "app":
-        return get_celery()
-    raise AttributeError(name)

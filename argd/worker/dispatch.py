@@ -6,12 +6,10 @@ a row it cannot see yet would be dropped as "missing".
 
 from __future__ import annotations
 
-import logging
+from dataclasses import dataclass
 
 from argd.persistence.settings import Settings, get_settings
 from argd.worker.celery_app import DELIVER_WEBHOOK, RUN_JOB, get_celery
-
-log = logging.getLogger(__name__)
 
 
 def enqueue_job(job_id: str, settings: Settings | None = None) -> None:
@@ -30,12 +28,14 @@ def notify_finished(job_id: str, settings: Settings | None = None) -> None:
     get_celery(settings).send_task(DELIVER_WEBHOOK, args=[job_id], queue=settings.queue)
 
 
-def broker_reachable(settings: Settings | None = None, timeout_s: float = 3.0) -> bool:
-    """Whether the broker answers (readiness checks); never raises."""
-    try:
-        with get_celery(settings).connection_for_write() as connection:
-            connection.ensure_connection(max_retries=1, timeout=timeout_s)
-        return True
-    except Exception as exc:
-        log.warning("broker not reachable: %s", exc)
-        return False
+@dataclass(frozen=True)
+class CeleryQueue:
+    """The job service's queue (`argd.jobs.service.JobQueue`) on the Celery broker of `settings`."""
+
+    settings: Settings
+
+    def enqueue(self, job_id: str) -> None:
+        enqueue_job(job_id, self.settings)
+
+    def notify_finished(self, job_id: str) -> None:
+        notify_finished(job_id, self.settings)

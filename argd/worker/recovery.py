@@ -20,6 +20,7 @@ from argd.persistence.db import session_scope
 from argd.persistence.jobs import Recovery, jobs_with_pending_webhooks, requeue_stale_jobs
 from argd.persistence.settings import Settings, get_settings
 from argd.persistence.tempfiles import sweep_stale_temp_files
+from argd.worker.dispatch import enqueue_job, notify_finished
 
 log = logging.getLogger(__name__)
 
@@ -28,8 +29,6 @@ PENDING_WEBHOOK_GRACE_S = 60.0
 
 def recover(settings: Settings | None = None) -> Recovery:
     """One recovery pass: requeue or end lost jobs, and enqueue what that calls for."""
-    from argd.worker.dispatch import enqueue_job, notify_finished
-
     settings = settings or get_settings()
     with session_scope(settings) as session:
         outcome = requeue_stale_jobs(

@@ -18,15 +18,21 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from celery.exceptions import SoftTimeLimitExceeded
 
+from argd.jobs.service import announce_end
 from argd.persistence import jobs
 from argd.persistence.artifacts import ArtifactStore, get_store
-from argd.persistence.db import session_scope
+from argd.persistence.db import RowT, session_scope
 from argd.persistence.models import Dataset, Job, Model
 from argd.persistence.settings import Settings, get_settings
+from argd.worker.dispatch import CeleryQueue
+
+if TYPE_CHECKING:  # the engine (torch) is loaded only when an attempt runs
+    from argd.core.data import ImageData
+    from argd.core.pipeline import CleanseResult, ProgressEvent
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +132,7 @@ class ProgressReporter:
             jobs.set_checkpoint(session, self.store, self.job_id, self.attempt, blob)
         self._checkpoint_seen = seen
 
-    def __call__(self, event: Any) -> None:
+    def __call__(self, event: ProgressEvent) -> None:
         self.sync_checkpoint()
         now = time.monotonic()
         phase = event.phase
@@ -192,7 +198,7 @@ def _load_inputs(settings: Settings, job: Job) -> _Inputs:
         if model is None or clean is None:
             raise InvalidInput("the job's model or clean dataset was deleted before the job ran")
 
-        def optional(kind: type[Model] | type[Dataset], key: str | None, label: str) -> Any:
+        def optional(kind: type[RowT], key: str | None, label: str) -> RowT | None:
             if key is None:
                 return None
             row = session.get(kind, key)
@@ -225,11 +231,13 @@ def _execute(
     params = CleanseParams.model_validate(job.params)
     spec = ModelSpec.model_validate(inputs.model.spec)
     workdir.mkdir(parents=True, exist_ok=True)
+    model_path = store.fetch(inputs.model.sha256, workdir / "model.safetensors")
+    teacher_path = (
+        store.fetch(inputs.teacher.sha256, workdir / "teacher.safetensors") if inputs.teacher else None
+    )
     paths: dict[str, Path | None] = {
-        "model": store.fetch(inputs.model.sha256, workdir / "model.safetensors"),
-        "teacher": store.fetch(inputs.teacher.sha256, workdir / "teacher.safetensors")
-        if inputs.teacher
-        else None,
+        "model": model_path,
+        "teacher": teacher_path,
         "clean": store.fetch(inputs.clean.sha256, workdir / f"clean.{inputs.clean.format}"),
         "test": store.fetch(inputs.test.sha256, workdir / f"test.{inputs.test.format}")
         if inputs.test
@@ -241,7 +249,7 @@ def _execute(
         ),
     }
 
-    def dataset(name: str) -> Any:
+    def dataset(name: str) -> ImageData | None:
         path = paths[name]
         if path is None:
             return None
@@ -249,9 +257,9 @@ def _execute(
             path, in_channels=spec.in_channels, image_size=spec.image_size, num_classes=spec.num_classes
         )
 
-    model = load_model(paths["model"], spec)  # type: ignore[arg-type]
+    model = load_model(model_path, spec)
     teacher_spec = ModelSpec.model_validate(inputs.teacher.spec) if inputs.teacher else None
-    teacher = load_model(paths["teacher"], teacher_spec) if inputs.teacher and teacher_spec else None  # type: ignore[arg-type]
+    teacher = load_model(teacher_path, teacher_spec) if teacher_path is not None and teacher_spec else None
 
     checkpoint = workdir / "checkpoint.pt"
     if job.checkpoint_sha256:
@@ -263,16 +271,17 @@ def _execute(
     plan = _Plan(params.teacher_epochs if needs_teacher else 0, params.epochs)
     reporter = ProgressReporter(job.id, attempt, settings, store, checkpoint, plan)
 
-    data = {name: dataset(name) for name in ("clean", "test", "poisoned")}
+    clean, test, poisoned = (dataset(name) for name in ("clean", "test", "poisoned"))
+    assert clean is not None  # every job has a clean subset (checked when it was created)
 
-    def run() -> Any:
+    def run() -> CleanseResult:
         return run_cleanse(
             model,
             spec,
             params,
-            data["clean"],
-            test=data["test"],
-            poisoned=data["poisoned"],
+            clean,
+            test=test,
+            poisoned=poisoned,
             target_label=job.target_label,
             teacher=teacher,
             device=settings.device,
@@ -354,12 +363,8 @@ def run_job_attempt(job_id: str, settings: Settings | None = None, store: Artifa
         )
     if claim.outcome != "claimed":
         log.info("job %s not run: %s", job_id, claim.outcome)
-        if (
-            claim.outcome in ("canceled", "exhausted", "timed_out")
-            and claim.job is not None
-            and claim.job.webhook_url
-        ):
-            _notify(job_id, settings)
+        if claim.outcome in ("canceled", "exhausted", "timed_out") and claim.job is not None:
+            announce_end(CeleryQueue(settings), claim.job)
         return claim.outcome
     assert claim.job is not None
     attempt = claim.attempt
@@ -378,8 +383,8 @@ def run_job_attempt(job_id: str, settings: Settings | None = None, store: Artifa
         beat.stop()
         _release_device_memory()
         shutil.rmtree(workdir, ignore_errors=True)
-    if outcome not in ("superseded", "interrupted") and claim.job.webhook_url:
-        _notify(job_id, settings)
+    if outcome not in ("superseded", "interrupted"):
+        announce_end(CeleryQueue(settings), claim.job)
     log.info("job %s attempt %d ended: %s", job_id, attempt, outcome)
     return outcome
 
@@ -407,15 +412,6 @@ def _record_failure(
     except jobs.IllegalTransition as refusal:
         log.warning("job %s attempt %d could not record its end: %s", job_id, attempt, refusal)
         return "superseded"
-
-
-def _notify(job_id: str, settings: Settings) -> None:
-    from argd.worker.dispatch import notify_finished
-
-    try:
-        notify_finished(job_id, settings)
-    except Exception:  # the recovery pass sends webhooks that stay pending
-        log.warning("could not queue the webhook of job %s", job_id, exc_info=True)
 
 
 def _release_device_memory() -> None:

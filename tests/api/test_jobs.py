@@ -95,6 +95,15 @@ def test_method_and_params(client: TestClient, inputs: Inputs) -> None:
     assert_problem(response, 422, "validation_error")
     response = client.post("/v1/jobs", json=inputs.job(colour="blue"))
     assert_problem(response, 422, "validation_error")
+    for method in ("fst", "ft-sam"):
+        job = client.post("/v1/jobs", json=inputs.job(method=method)).json()
+        assert job["method"] == method and job["params"]["teacher"] == CleanseParams().teacher
+    job = client.post("/v1/jobs", json=inputs.job(params={"teacher": "sam"})).json()
+    assert job["params"]["teacher"] == "sam"
+    response = client.post("/v1/jobs", json=inputs.job(params={"teacher": "random"}))
+    assert "teacher" in assert_problem(response, 422, "validation_error")["detail"]
+    response = client.post("/v1/jobs", json=inputs.job(params={"teacher": "uploaded"}))
+    assert "needs a teacher model" in assert_problem(response, 422, "validation_error")["detail"]
 
 
 def test_poisoned_set_needs_target_label_in_range(client: TestClient, inputs: Inputs) -> None:
@@ -156,6 +165,16 @@ def test_teacher_must_share_the_model_geometry(client: TestClient, inputs: Input
     assert "num_classes" in assert_problem(response, 422, "teacher_mismatch")["detail"]
     response = client.post("/v1/jobs", json=inputs.job(teacher_model_id=inputs.model["id"]))
     assert response.status_code == 202 and response.json()["teacher_model_id"] == inputs.model["id"]
+    assert response.json()["params"]["teacher"] == "uploaded"  # an uploaded teacher is the teacher
+    # Bad combinations: a teacher recipe beside an uploaded teacher, or a method that has no teacher.
+    for params, message in (
+        ({"teacher": "fst"}, "set teacher to 'uploaded'"),
+        ({"method": "fst"}, "no teacher"),
+    ):
+        response = client.post(
+            "/v1/jobs", json=inputs.job(teacher_model_id=inputs.model["id"], params=params)
+        )
+        assert message in assert_problem(response, 422, "validation_error")["detail"]
 
 
 def test_webhook_url_is_checked(client: TestClient, inputs: Inputs) -> None:

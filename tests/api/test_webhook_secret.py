@@ -9,10 +9,10 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
+from argd.jobs.webhooks import sign, tenant_webhook_secret, verify
 from argd.persistence.db import get_sessionmaker
 from argd.persistence.models import Tenant
 from argd.persistence.settings import Settings
-from argd.worker.webhooks import sign, tenant_webhook_secret, verify
 from tests.api.conftest import TenantAccount
 
 pytestmark = pytest.mark.service

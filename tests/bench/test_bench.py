@@ -14,8 +14,9 @@ import pytest
 import torch
 
 from argd.core.data import ImageData, save_npz
+from bench.attacks import QUICK_ATTACKS
 from bench.backdoor import ATTACK_SETTINGS
-from bench.cli import DEFAULT_DATA_ROOT, QUICK_ATTACKS, main
+from bench.cli import DEFAULT_DATA_ROOT, main
 from bench.defense import ABLATIONS, DefenseConfig, clean_subset, defence_params
 
 HAVE_FMNIST = (DEFAULT_DATA_ROOT / "train-images-idx3-ubyte.gz").is_file()

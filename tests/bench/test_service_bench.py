@@ -16,15 +16,12 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from argd.core.data import load_dataset_with_info
-from bench.service import (
-    DEFAULT_ADMIN_URL,
-    MIB,
-    UploadBody,
-    main,
-    percentile,
-    postgres_unavailable,
-    run_upload_memory,
-)
+from argd.persistence.throwaway import postgres_unavailable
+from bench.apiserver import DEFAULT_ADMIN_URL
+from bench.cli import main
+from bench.multipart import MIB, UploadBody
+from bench.stats import percentile
+from bench.upload_memory import run_upload_memory
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +92,7 @@ def test_latency_tiny_run_reports_ordered_percentiles(
     postgres: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     argv = [
-        "latency",
+        "api-latency",
         "--clients",
         "2",
         "--requests",

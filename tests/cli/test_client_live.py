@@ -18,6 +18,7 @@ from argd.cli.common import EXIT_FAILURE, EXIT_SERVER, EXIT_USAGE
 from argd.client import ApiError, ArgdClient, ServerUnreachable, page_items
 from argd.core.spec import ModelSpec
 from argd.core.weights import load_model
+from argd.jobs.status import JobStatus
 from tests.cli.conftest import Kit, argd_env, run_argd
 from tests.fixtures.server import LiveServer
 from tests.fixtures.worker import WorkerProcess
@@ -180,6 +181,9 @@ def test_python_client_round_trip(
         assert not list(tmp_path.glob("*.part"))
         report = client.report(job["id"])
         assert report["outputs"]["model"]["sha256"] == _sha256(path)
+        typed = client.job(job["id"])  # the public schema: the same job, with typed fields
+        assert typed.status is JobStatus.SUCCEEDED and typed.result_sha256 == _sha256(path)
+        assert typed.metrics.after is not None and typed.history
         assert job["id"] in [j["id"] for j in page_items(client.list_jobs(limit=5))]
         assert job["id"] in [j["id"] for j in client.iter_jobs(page_size=1)]
 

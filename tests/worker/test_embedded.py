@@ -11,7 +11,6 @@ from argd.persistence.db import dispose_engines
 from argd.persistence.migrate import upgrade
 from argd.persistence.settings import Settings
 from argd.worker.dispatch import enqueue_job
-from tests.fixtures.database import settings_env
 from tests.fixtures.worker import WorkerProcess
 from tests.worker.helpers import finished, submit, upload_inputs, wait_for
 
@@ -25,12 +24,11 @@ def embedded(tmp_path: Path) -> Iterator[tuple[Settings, WorkerProcess]]:
         stale_after_s=2.0,
         recovery_interval_s=0.5,
         device="cpu",
+        torch_threads=1,
     )
     assert settings.database_url.startswith("sqlite:///") and settings.broker_url == "filesystem://"
     upgrade(settings)
-    env = {
-        k: v for k, v in settings_env(settings).items() if k not in ("ARGD_DATABASE_URL", "ARGD_BROKER_URL")
-    }
+    env = {k: v for k, v in settings.to_env().items() if k not in ("ARGD_DATABASE_URL", "ARGD_BROKER_URL")}
     process = WorkerProcess(env, tmp_path)  # only ARGD_DATA_DIR and timings: the defaults do the rest
     process.start()
     try:

@@ -1,4 +1,5 @@
-"""Webhooks: URL policy, Standard Webhooks signatures, and real deliveries with retries and records."""
+"""Webhooks: URL policy, Standard Webhooks signatures, real deliveries with retries and records, and the
+body's job object being the API's job, key for key."""
 
 from __future__ import annotations
 
@@ -10,19 +11,22 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fastapi.testclient import TestClient
 
-from argd.persistence import jobs
-from argd.persistence.db import session_scope
-from argd.persistence.settings import Settings
-from argd.worker.dispatch import enqueue_job, notify_finished
-from argd.worker.webhooks import (
+from argd.api.app import create_app
+from argd.jobs.webhooks import (
     WebhookUrlError,
-    post_signed,
     sign,
     tenant_webhook_secret,
     validate_webhook_url,
     verify,
 )
+from argd.persistence import jobs, keys
+from argd.persistence.db import session_scope
+from argd.persistence.models import Tenant
+from argd.persistence.settings import Settings
+from argd.worker.dispatch import enqueue_job, notify_finished
+from argd.worker.webhooks import post_signed
 from tests.fixtures.worker import WorkerProcess
 from tests.worker.helpers import finished, submit, upload_inputs, wait_for
 
@@ -197,3 +201,30 @@ def test_private_target_is_refused_at_delivery(
         (delivery,) = jobs.webhook_deliveries(session, job_id)
     assert delivery.event_type == "job.failed" and delivery.status_code is None and not delivery.succeeded
     assert delivery.error is not None and "private or reserved" in delivery.error
+
+
+@pytest.mark.service
+def test_webhook_job_is_the_apis_job_key_for_key(
+    service_settings: Settings, worker: WorkerProcess, receiver: _Receiver, tmp_path: Path
+) -> None:
+    receiver.failures = 0
+    inputs = upload_inputs(service_settings, tmp_path, images=32)
+    job_id = submit(service_settings, inputs, {"epochs": 1}, webhook_url=receiver.url)
+    enqueue_job(job_id, service_settings)
+    wait_for(service_settings, job_id, lambda j: j.webhook_status == "delivered", 60, "the webhook")
+    with session_scope(service_settings) as session:
+        tenant = session.get(Tenant, inputs.tenant_id)
+        assert tenant is not None
+        api_key = keys.create_key(session, tenant.name, service_settings)
+
+    with TestClient(create_app(service_settings)) as client:
+        answer = client.get(f"/v1/jobs/{job_id}", headers={"Authorization": f"Bearer {api_key}"})
+    assert answer.status_code == 200
+    polled = answer.json()
+    (_, body), *_ = receiver.requests
+    pushed = json.loads(body)["data"]
+
+    assert pushed.keys() == polled.keys()
+    for key in polled:
+        assert pushed[key] == polled[key], key
+    assert polled["status"] == "succeeded" and polled["history"] and polled["result_sha256"]

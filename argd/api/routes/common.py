@@ -12,6 +12,7 @@ from argd.api.errors import Problem
 from argd.api.pagination import paginate, split_page
 from argd.persistence import jobs as job_state
 from argd.persistence.artifacts import ArtifactStore, release_artifacts
+from argd.persistence.db import RowT, get_owned
 
 T = TypeVar("T")
 
@@ -20,25 +21,19 @@ MAX_NAME_LENGTH = 255
 
 def owned(
     session: Session,
-    entity: type[T],
+    entity: type[RowT],
     row_id: str,
     principal: Principal,
     what: str,
     *,
     lock: Literal["update", "share"] | None = None,
-) -> T:
+) -> RowT:
     """The row with this id if the caller's tenant owns it; a 404 problem otherwise (even if it exists).
-
-    `lock` takes a row lock on Postgres (FOR UPDATE / FOR SHARE) so that deleting a model or dataset and
-    creating a job that uses it cannot interleave.
-    """
-    options: dict[str, Any] = {}
-    if lock is not None:
-        options["with_for_update"] = {"read": lock == "share"}
-    row: Any = session.get(entity, row_id, **options) if len(row_id) <= 64 else None
-    if row is None or row.tenant_id != principal.tenant_id:
+    `lock`: see `argd.persistence.db.get_owned`."""
+    row = get_owned(session, entity, row_id, principal.tenant_id, lock=lock)
+    if row is None:
         raise Problem(404, "not_found", f"No {what} with id '{row_id}'")
-    return row  # type: ignore[no-any-return]
+    return row
 
 
 def owned_page(

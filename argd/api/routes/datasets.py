@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.orm import Session
 
-from argd.api.auth import Principal, current_principal
-from argd.api.deps import app_settings, app_store, db_session
+from argd.api.auth import Principal
+from argd.api.deps import PrincipalDep, SessionDep, SettingsDep, StoreDep
 from argd.api.errors import problem_responses
-from argd.api.pagination import DEFAULT_LIMIT, MAX_LIMIT
+from argd.api.pagination import DEFAULT_LIMIT, CursorQuery, LimitQuery
 from argd.api.routes.common import (
     delete_unused,
     multipart_body,
@@ -51,7 +49,7 @@ def dataset_out(row: Dataset) -> DatasetOut:
         name=row.name,
         filename=meta.get("filename"),
         sha256=row.sha256,
-        upload_sha256=meta.get("upload_sha256"),
+        upload_sha256=row.source_sha256,
         size_bytes=row.size,
         source_format=meta.get("source_format", row.format),
         count=row.count,
@@ -79,13 +77,13 @@ def _store_dataset(
         name=name,
         sha256=blob.sha256,
         size=blob.size,
+        source_sha256=upload_sha256,
         format="npz",
         count=intake.count,
         shape=intake.shape,
         classes=intake.labels,
         meta={
             "filename": filename,
-            "upload_sha256": upload_sha256,
             "source_format": intake.source_format,
             "class_names": intake.class_names,
             "class_counts": intake.class_counts,
@@ -108,12 +106,13 @@ def _store_dataset(
 async def create_dataset(
     request: Request,
     response: Response,
-    principal: Annotated[Principal, Depends(current_principal)],
-    session: Annotated[Session, Depends(db_session)],
+    principal: PrincipalDep,
+    session: SessionDep,
+    settings: SettingsDep,
+    store: StoreDep,
 ) -> DatasetOut:
     """Validate the images and labels at once (array headers before data, safe zip member names, entry,
     size and pixel limits) and store them. Whether they fit a model is checked when a job uses both."""
-    settings = app_settings(request)
     tmp = upload_dir(settings)
     async with receive_multipart(
         request,
@@ -129,7 +128,7 @@ async def create_dataset(
             row = await run_in_threadpool(
                 _store_dataset,
                 session,
-                app_store(request),
+                store,
                 principal,
                 intake,
                 name,
@@ -148,10 +147,10 @@ async def create_dataset(
     responses=problem_responses(401, 422),
 )
 def list_datasets(
-    principal: Annotated[Principal, Depends(current_principal)],
-    session: Annotated[Session, Depends(db_session)],
-    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
-    cursor: Annotated[str | None, Query(max_length=512)] = None,
+    principal: PrincipalDep,
+    session: SessionDep,
+    limit: LimitQuery = DEFAULT_LIMIT,
+    cursor: CursorQuery = None,
 ) -> DatasetPage:
     """The caller's datasets, newest first."""
     rows, next_cursor = owned_page(session, Dataset, principal, limit, cursor)
@@ -167,8 +166,8 @@ def list_datasets(
 )
 def get_dataset(
     dataset_id: str,
-    principal: Annotated[Principal, Depends(current_principal)],
-    session: Annotated[Session, Depends(db_session)],
+    principal: PrincipalDep,
+    session: SessionDep,
 ) -> DatasetOut:
     """A dataset's metadata (never its bytes)."""
     return dataset_out(owned(session, Dataset, dataset_id, principal, "dataset"))
@@ -183,11 +182,8 @@ def get_dataset(
     responses=problem_responses(401, 404, 409),
 )
 def delete_dataset(
-    request: Request,
-    dataset_id: str,
-    principal: Annotated[Principal, Depends(current_principal)],
-    session: Annotated[Session, Depends(db_session)],
+    dataset_id: str, principal: PrincipalDep, session: SessionDep, store: StoreDep
 ) -> Response:
     """Delete the dataset and its stored file (unless shared). 409 while a queued or running job uses it."""
-    delete_unused(session, app_store(request), Dataset, dataset_id, principal, "dataset")
+    delete_unused(session, store, Dataset, dataset_id, principal, "dataset")
     return Response(status_code=204)

@@ -9,13 +9,12 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from sqlalchemy import text
 
 from argd import __version__
-from argd.api.deps import app_settings, session_factory
+from argd.api.deps import SettingsDep, session_factory
 from argd.api.errors import Problem, problem_responses
 from argd.api.schemas import Health, Readiness
 from argd.persistence.settings import Settings
@@ -53,7 +52,7 @@ def check_broker(settings: Settings) -> None:
         finally:
             client.close()
         return
-    from kombu import Connection
+    from kombu.connection import Connection
 
     options = settings.celery_transport_options()
     with Connection(url, transport_options=options, connect_timeout=PROBE_TIMEOUT_S) as conn:
@@ -73,15 +72,15 @@ async def healthz() -> Health:
     response_model=Readiness,
     responses=problem_responses(503),
 )
-def readyz(request: Request, settings: Annotated[Settings, Depends(app_settings)]) -> Readiness:
+def readyz(request: Request, settings: SettingsDep) -> Readiness:
     """The database and the broker are reachable; otherwise 503 naming the failing check."""
     checks: dict[str, str] = {}
-    for name, probe in (
-        ("database", lambda: check_database(request)),
-        ("broker", lambda: check_broker(settings)),
-    ):
+    for name in ("database", "broker"):
         try:
-            probe()
+            if name == "database":
+                check_database(request)
+            else:
+                check_broker(settings)
             checks[name] = "ok"
         except Exception as exc:  # any failure means "not ready"; details go to the log only
             log.warning("readiness check %s failed: %s", name, exc.__class__.__name__, exc_info=exc)

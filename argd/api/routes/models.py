@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
-from argd.api.auth import Principal, current_principal
-from argd.api.deps import app_settings, app_store, db_session
+from argd.api.auth import Principal
+from argd.api.deps import PrincipalDep, SessionDep, SettingsDep, StoreDep
 from argd.api.errors import Problem, describe_validation_errors, problem_responses
-from argd.api.pagination import DEFAULT_LIMIT, MAX_LIMIT
+from argd.api.pagination import DEFAULT_LIMIT, CursorQuery, LimitQuery
 from argd.api.routes.common import (
     delete_unused,
     multipart_body,
@@ -130,14 +129,14 @@ def _store_model(
 async def create_model(
     request: Request,
     response: Response,
-    principal: Annotated[Principal, Depends(current_principal)],
-    session: Annotated[Session, Depends(db_session)],
+    principal: PrincipalDep,
+    session: SessionDep,
+    settings: SettingsDep,
+    store: StoreDep,
 ) -> ModelOut:
     """Validate the weights against the spec's architecture at once (strict keys and shapes, finite values,
     one dummy forward pass) and store them as safetensors. A 422 lists missing, unexpected and mismatched
     keys. The upload streams to disk; bodies over the size limit are refused with 413 as soon as known."""
-    settings = app_settings(request)
-    store = app_store(request)
     tmp = upload_dir(settings)
     async with receive_multipart(
         request,
@@ -168,10 +167,10 @@ async def create_model(
     responses=problem_responses(401, 422),
 )
 def list_models(
-    principal: Annotated[Principal, Depends(current_principal)],
-    session: Annotated[Session, Depends(db_session)],
-    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
-    cursor: Annotated[str | None, Query(max_length=512)] = None,
+    principal: PrincipalDep,
+    session: SessionDep,
+    limit: LimitQuery = DEFAULT_LIMIT,
+    cursor: CursorQuery = None,
 ) -> ModelPage:
     """The caller's models, newest first."""
     rows, next_cursor = owned_page(session, Model, principal, limit, cursor)
@@ -187,8 +186,8 @@ def list_models(
 )
 def get_model(
     model_id: str,
-    principal: Annotated[Principal, Depends(current_principal)],
-    session: Annotated[Session, Depends(db_session)],
+    principal: PrincipalDep,
+    session: SessionDep,
 ) -> ModelOut:
     """A model's metadata (never its bytes)."""
     return model_out(owned(session, Model, model_id, principal, "model"))
@@ -202,13 +201,8 @@ def get_model(
     response_class=Response,
     responses=problem_responses(401, 404, 409),
 )
-def delete_model(
-    request: Request,
-    model_id: str,
-    principal: Annotated[Principal, Depends(current_principal)],
-    session: Annotated[Session, Depends(db_session)],
-) -> Response:
+def delete_model(model_id: str, principal: PrincipalDep, session: SessionDep, store: StoreDep) -> Response:
     """Delete the model and its stored weights (unless another model holds the same bytes).
     409 while a queued or running job uses it."""
-    delete_unused(session, app_store(request), Model, model_id, principal, "model")
+    delete_unused(session, store, Model, model_id, principal, "model")
     return Response(status_code=204)

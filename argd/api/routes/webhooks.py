@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter
 
-from argd.api.auth import Principal, current_principal
-from argd.api.deps import app_settings
+from argd.api.deps import PrincipalDep, SettingsDep
 from argd.api.errors import problem_responses
 from argd.api.schemas import WebhookSecret
-from argd.worker.webhooks import tenant_webhook_secret
+from argd.jobs.webhooks import tenant_webhook_secret
 
 router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"])
 
@@ -20,6 +19,6 @@ router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"])
     responses=problem_responses(401),
     summary="The secret that signs this tenant's webhooks (whsec_ form, for Standard Webhooks verifiers)",
 )
-def get_webhook_secret(request: Request, principal: Principal = Depends(current_principal)) -> WebhookSecret:
-    secret = tenant_webhook_secret(app_settings(request), principal.tenant_id)
+def get_webhook_secret(principal: PrincipalDep, settings: SettingsDep) -> WebhookSecret:
+    secret = tenant_webhook_secret(settings, principal.tenant_id)
     return WebhookSecret(secret=secret)

@@ -166,7 +166,7 @@ class Attack(ABC):
         if x.shape[0] == 0:
             return x.clone()
         per_chunk = max(1, CHUNK_VALUES // x[0].numel())
-        out = [self._stamp(chunk, generator) for chunk in x.split(per_chunk)]
+        out = [self._stamp(chunk, generator) for chunk in torch.split(x, per_chunk)]
         return torch.cat(out)
 
     def target_for(self, y: torch.Tensor, target: int | None = None) -> torch.Tensor:

@@ -98,7 +98,7 @@ class CL(PatchAttack):
         model.eval()
         out = []
         try:
-            for xb, yb in zip(x.split(self.batch_size), y.split(self.batch_size), strict=True):
+            for xb, yb in zip(torch.split(x, self.batch_size), torch.split(y, self.batch_size), strict=True):
                 clean = xb.to(device).float() / 255
                 target = yb.to(device)
                 delta = torch.zeros_like(clean, requires_grad=True)

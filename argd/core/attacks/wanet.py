@@ -68,7 +68,7 @@ class WaNet(Attack):
         _, c, h, w = x.shape
         grid = self.grid(h, w)
         out = []
-        for chunk in x.split(max(1, CHUNK_VALUES // (c * h * w))):
+        for chunk in torch.split(x, max(1, CHUNK_VALUES // (c * h * w))):
             noise = (torch.rand(chunk.shape[0], h, w, 2, generator=generator) * 2 - 1) / self._scale(h, w)
             out.append(self._warp(chunk, (grid + noise).clamp(-1, 1)))
         return torch.cat(out) if out else x.clone()
