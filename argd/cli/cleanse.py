@@ -15,6 +15,7 @@ from typing import Any, get_args
 from argd.cli.argtypes import existing_file, float_list
 from argd.cli.common import (
     EXIT_OK,
+    ArgumentParser,
     CliError,
     given,
     info,
@@ -32,7 +33,7 @@ MODEL_FILE = "model.safetensors"
 REPORT_FILE = "report.json"
 
 
-def register(commands: argparse._SubParsersAction) -> None:
+def register(commands: argparse._SubParsersAction[ArgumentParser]) -> None:
     """Add `argd cleanse` to the command tree."""
     p = commands.add_parser(
         "cleanse",

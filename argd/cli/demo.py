@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from argd.cli.common import EXIT_FAILURE, EXIT_OK, CliError, info, percent
+from argd.cli.common import EXIT_FAILURE, EXIT_OK, ArgumentParser, CliError, info, percent
 from argd.cli.progress import PhaseBar, bar_enabled, engine_progress
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -60,7 +60,7 @@ class DemoConfig:
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-def register(commands: argparse._SubParsersAction) -> None:
+def register(commands: argparse._SubParsersAction[ArgumentParser]) -> None:
     """Add `argd demo` to the command tree."""
     p = commands.add_parser(
         "demo",

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from typing import Literal
 
 import torch
+from torch import nn
 
 from argd.core.errors import InvalidInput
 
@@ -83,3 +84,9 @@ def seeded_generator(device: torch.device, seed: int) -> torch.Generator:
     generator = torch.Generator(device=device)
     generator.manual_seed(seed)
     return generator
+
+
+def in_memory_format(module: nn.Module, memory_format: torch.memory_format) -> nn.Module:
+    """`module.to(memory_format=...)`: channels_last for convolutions on CUDA, contiguous for the output."""
+    # torch's stubs list no `memory_format` overload of Module.to, though the method takes it.
+    return module.to(memory_format=memory_format)  # type: ignore[call-overload,no-any-return]

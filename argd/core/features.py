@@ -235,9 +235,9 @@ def resolve_feature_layers(model: nn.Module, spec: ModelSpec) -> list[str]:
     """The attention levels for `spec`: its explicit `feature_layers` (validated), else the registry default,
     keeping only levels larger than 1x1 at this image size, else `auto_feature_layers`."""
     if spec.feature_layers:
-        names = list(spec.feature_layers)
-        _check_layers(model, names, spec)
-        return names
+        explicit = list(spec.feature_layers)
+        _check_layers(model, explicit, spec)
+        return explicit
     info = ARCHITECTURES.get(spec.architecture)
     names: list[str] = []
     if info is not None and info.feature_layers:

@@ -45,9 +45,7 @@ class ShiftedHead:
         the weight rescaled to `||W0||`, as after every step."""
         bound = 1.0 / math.sqrt(self.head.in_features)
         with torch.no_grad():
-            for tensor in (self.head.weight, self.head.bias):
-                if tensor is None:
-                    continue
+            for tensor in self.head.parameters():  # the weight, and the bias where there is one
                 values = torch.rand(tensor.shape, generator=generator, device=generator.device)
                 tensor.copy_((values * 2 - 1) * bound)
         self.renormalise()

@@ -27,7 +27,7 @@ from torch import nn
 
 from argd.core.checkpoint import CheckpointError, cpu_state, load_checkpoint, save_checkpoint
 from argd.core.data import ImageData
-from argd.core.device import resolve_device
+from argd.core.device import in_memory_format, resolve_device
 from argd.core.errors import InvalidDataset, InvalidInput
 from argd.core.metrics import PhaseMetrics, der, evaluate, fidelity
 from argd.core.params import CleanseParams
@@ -193,7 +193,7 @@ def _run(
     assert train_d is not None
     base = copy.deepcopy(model).to(device)
     if params.channels_last:
-        base = base.to(memory_format=torch.channels_last)
+        base = in_memory_format(base, torch.channels_last)
 
     def measure(name: str, net: nn.Module) -> PhaseMetrics:
         result = evaluate(
@@ -235,7 +235,7 @@ def _run(
             copy.deepcopy(given_teacher).to(device) if given_teacher is not None else copy.deepcopy(base)
         )
         if params.channels_last:
-            teacher_net = teacher_net.to(memory_format=torch.channels_last)
+            teacher_net = in_memory_format(teacher_net, torch.channels_last)
         if stage == "distill":
             teacher_net.load_state_dict(state["teacher"])  # type: ignore[index]
             teacher_history = list(state["teacher_history"])  # type: ignore[index]
@@ -289,7 +289,7 @@ def _run(
     selected = trainer.epoch
     if params.selection == "validation" and trainer.best is not None:
         selected = int(trainer.best["epoch"])
-    student = student.to("cpu").to(memory_format=torch.contiguous_format).eval()
+    student = in_memory_format(student.to("cpu"), torch.contiguous_format).eval()
     return CleanseResult(
         model=student,
         metrics=metrics,

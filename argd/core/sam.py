@@ -28,18 +28,18 @@ class AdaptiveSAM:
     def ascend(self, grad_scale: float = 1.0) -> bool:
         """Move every parameter with a gradient to `w + e` and clear the gradients; False (and no move)
         when the gradients are not finite. `grad_scale` undoes an AMP loss scale."""
-        with_grad = [p for p in self.params if p.grad is not None]
-        scaled = [(p.abs() * p.grad.float() / grad_scale) for p in with_grad]  # type: ignore[operator]
+        with_grad = [(p, p.grad) for p in self.params if p.grad is not None]
+        scaled = [p.abs() * grad.float() / grad_scale for p, grad in with_grad]
         if not scaled:
             return False
         norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t) for t in scaled]))
         if not bool(torch.isfinite(norm)):
-            for p in with_grad:
+            for p, _ in with_grad:
                 p.grad = None
             return False
         factor = self.rho / (norm + EPS)
         self._offsets = []
-        for p, t in zip(with_grad, scaled, strict=True):
+        for (p, _), t in zip(with_grad, scaled, strict=True):
             offset = (p.abs() * t * factor).to(p.dtype)
             p.add_(offset)
             self._offsets.append((p, offset))

@@ -106,7 +106,8 @@ class Distillation:
 
     def teacher_logits(self, x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            return self.teacher(x)
+            logits: torch.Tensor = self.teacher(x)
+        return logits
 
     def terms(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> dict[str, torch.Tensor]:
         """Unweighted node, edge, emb and logit terms, and their weighted sum "total"."""
@@ -480,10 +481,7 @@ class Trainer:
         return loss, values
 
     def _backward(self, loss: torch.Tensor) -> None:
-        if self.scaler is not None:
-            self.scaler.scale(loss).backward()
-        else:
-            loss.backward()
+        torch.autograd.backward(self.scaler.scale(loss) if self.scaler is not None else loss)
 
     def _apply_step(self) -> None:
         """One optimiser step (through the AMP grad scaler when there is one), FST's renormalisation, and the

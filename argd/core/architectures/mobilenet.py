@@ -64,7 +64,8 @@ class InvertedResidual(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.conv(x)
-        return x + out if self.use_res_connect else out
+        result: torch.Tensor = x + out if self.use_res_connect else out
+        return result
 
 
 class MobileNetV2(nn.Module):
@@ -92,7 +93,8 @@ class MobileNetV2(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = nn.functional.adaptive_avg_pool2d(self.features(x), 1)
-        return self.classifier(torch.flatten(x, 1))
+        logits: torch.Tensor = self.classifier(torch.flatten(x, 1))
+        return logits
 
 
 def build_mobilenet_v2(

@@ -32,7 +32,8 @@ class PreActBlock(nn.Module):
         shortcut = x if self.shortcut is None else self.shortcut(out)
         out = self.conv1(out)
         out = self.conv2(F.relu(self.bn2(out)))
-        return out + shortcut
+        result: torch.Tensor = out + shortcut
+        return result
 
 
 class PreActResNet(nn.Module):
@@ -57,7 +58,8 @@ class PreActResNet(nn.Module):
         out = self.conv1(x)
         for name in ("layer1", "layer2", "layer3", "layer4"):
             out = getattr(self, name)(out)
-        return self.linear(torch.flatten(self.avgpool(out), 1))
+        logits: torch.Tensor = self.linear(torch.flatten(self.avgpool(out), 1))
+        return logits
 
 
 def build_preact_resnet18(num_classes: int, in_channels: int, image_size: int) -> PreActResNet:

@@ -39,7 +39,8 @@ class WideBasicBlock(nn.Module):
             out = F.dropout(out, p=self.dropout, training=self.training)
         out = self.conv2(out)
         shortcut = x if self.convShortcut is None else self.convShortcut(activated)
-        return shortcut + out
+        result: torch.Tensor = shortcut + out
+        return result
 
 
 class NetworkBlock(nn.Module):
@@ -57,7 +58,8 @@ class NetworkBlock(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layer(x)
+        out: torch.Tensor = self.layer(x)
+        return out
 
 
 class WideResNet(nn.Module):
@@ -95,7 +97,8 @@ class WideResNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.block3(self.block2(self.block1(self.conv1(x))))
         out = self.pool(self.relu(self.bn1(out)))
-        return self.fc(torch.flatten(out, 1))
+        logits: torch.Tensor = self.fc(torch.flatten(out, 1))
+        return logits
 
 
 def build_wideresnet(

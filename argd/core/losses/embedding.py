@@ -47,7 +47,8 @@ def descriptor_grid(shapes: Sequence[tuple[int, int]], cap: int = MAX_GRID) -> t
 
 def _unit_rows(x: torch.Tensor) -> torch.Tensor:
     """L2-normalise the last dimension the way the attention maps are normalised (norm + 1e-6)."""
-    return x / (torch.linalg.vector_norm(x, dim=-1, keepdim=True) + EPS)
+    unit: torch.Tensor = x / (torch.linalg.vector_norm(x, dim=-1, keepdim=True) + EPS)
+    return unit
 
 
 class EmbeddingLoss(nn.Module):
@@ -71,8 +72,8 @@ class EmbeddingLoss(nn.Module):
         super().__init__()
         if dim < 1:
             raise ValueError(f"embedding dim must be >= 1, got {dim}")
-        self.student_shapes = [tuple(int(v) for v in s) for s in student_shapes]
-        self.teacher_shapes = [tuple(int(v) for v in s) for s in teacher_shapes]
+        self.student_shapes = [(int(h), int(w)) for h, w in student_shapes]
+        self.teacher_shapes = [(int(h), int(w)) for h, w in teacher_shapes]
         self.grid = descriptor_grid(self.student_shapes + self.teacher_shapes)
         self.dim = dim
         self.trainable = trainable
@@ -153,8 +154,8 @@ class EmbeddingLoss(nn.Module):
             for size, t_indices in by_size.items():
                 pooled = torch.stack([pool_to(s, size).flatten(1) for s in student], dim=1)  # [B, S, HW]
                 v_student = _unit_rows(pooled * pooled)
-                maps = torch.stack([teacher[t].flatten(1) for t in t_indices], dim=1)  # [B, n, HW]
-                v_teacher = _unit_rows(maps * maps)
+                teacher_maps = torch.stack([teacher[t].flatten(1) for t in t_indices], dim=1)  # [B, n, HW]
+                v_teacher = _unit_rows(teacher_maps * teacher_maps)
                 diff = (v_student.unsqueeze(1) - v_teacher.unsqueeze(2)).pow(2).mean(-1)  # [B, n, S]
                 contiguous = t_indices == list(range(t_indices[0], t_indices[-1] + 1))
                 weights = alpha[:, t_indices[0] : t_indices[-1] + 1] if contiguous else alpha[:, t_indices]
