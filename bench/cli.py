@@ -154,11 +154,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser(
         "defense",
-        help="fine-tuning vs NAD vs ARGD on backdoored models",
-        description="Train (or reuse cached) backdoored models, cleanse each with fine-tuning, NAD and "
-        "ARGD on the same clean subset, and write a Markdown table, a JSON file and a PNG chart.",
+        help="fine-tuning, NAD, FST, FT-SAM and ARGD on backdoored models",
+        description="Train (or reuse cached) backdoored models, cleanse each with fine-tuning, NAD, FST, "
+        "FT-SAM and ARGD on the same clean subset, attack each result with the retuning attack, and "
+        "write a Markdown table, a JSON file and a PNG chart.",
     )
     _add_defense_options(d)
+
+    m = sub.add_parser(
+        "merge",
+        help="join the results of defence runs over different rows into one report",
+        description="Read defense.json from each folder (runs of the same settings over different rows, "
+        "e.g. two processes side by side), and write one defense.md / .json / .png with every row.",
+    )
+    m.add_argument("parts", nargs="+", type=Path, help="result folders of `argd bench defense`")
+    m.add_argument("--out", type=Path, required=True, help="folder of the joined report")
 
     t = sub.add_parser(
         "tune",
@@ -194,7 +204,11 @@ def main(argv: list[str] | None = None) -> int:
         print("argd bench: error: --test-npz needs --train-npz", file=sys.stderr)
         return 2
     try:
-        if args.command == "defense":
+        if args.command == "merge":
+            from bench.report import merge_defense_reports
+
+            merge_defense_reports(args.parts, args.out)
+        elif args.command == "defense":
             from bench.defense import config_from_args, run_defense
 
             run_defense(config_from_args(args))

@@ -171,6 +171,17 @@ def test_defense_on_npz_dataset_with_another_architecture(tmp_path: Path) -> Non
     assert results["settings"]["spec"]["in_channels"] == 3
     assert results["settings"]["spec"]["image_size"] == 16
     assert results["settings"]["spec"]["num_classes"] == 3
+    # Runs over different rows merge into one report; runs of other settings refuse to.
+    part = tmp_path / "part"
+    part.mkdir()
+    other = {**results, "attacks": {"wanet": results["attacks"]["sig"]}}
+    (part / "defense.json").write_text(json.dumps(other))
+    assert main(["merge", str(out), str(part), "--out", str(tmp_path / "merged")]) == 0
+    merged_md, merged = _read(tmp_path / "merged")
+    assert list(merged["attacks"]) == ["blend", "sig", "blend@0.1", "wanet"]
+    assert "| wanet |" in merged_md and merged["settings"]["merged_from"] == [str(out), str(part)]
+    (part / "defense.json").write_text(json.dumps({**other, "settings": {**other["settings"], "seed": 9}}))
+    assert main(["merge", str(out), str(part), "--out", str(tmp_path / "bad")]) == 2
     assert results["attacks"]["blend@0.1"]["backdoor"]["poisoned_images"] == 30  # the row's own rate
     assert results["attacks"]["blend@0.1"]["backdoor"]["rate"] == 0.1
     assert set(results["attacks"]["blend"]["defences"]) == {

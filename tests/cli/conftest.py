@@ -105,6 +105,8 @@ def _write_kit(root: Path, spec, model, clean, test, poisoned) -> Kit:
 #: reliably in a dozen short epochs.
 BACKDOOR_CONFIG = dict(
     source="synthetic",
+    architecture="small-cnn",
+    backdoor_flip=False,
     train_size=1500,
     test_size=400,
     clean_size=300,
@@ -119,14 +121,14 @@ BACKDOOR_CONFIG = dict(
 @pytest.fixture(scope="session")
 def backdoor_kit(tmp_path_factory: pytest.TempPathFactory) -> Kit:
     """A small-cnn with a planted BadNets backdoor on 28-pixel synthetic textures, and its data files."""
-    from argd.cli.demo import DemoConfig, backdoored_model
+    from argd.cli.demo import DemoConfig, demo_inputs
     from argd.core.weights import load_model
 
     root = tmp_path_factory.mktemp("backdoor-kit")
-    prepared = backdoored_model(DemoConfig(**BACKDOOR_CONFIG), root / "cache", quiet=True)
-    model = load_model(prepared["model_path"], prepared["spec"])
+    inputs = demo_inputs(DemoConfig(**BACKDOOR_CONFIG), root / "cache", quiet=True)
+    model = load_model(inputs.model_path, inputs.spec)
     return _write_kit(
-        root, prepared["spec"], model, prepared["clean"], prepared["test"], prepared["poisoned_test"]
+        root, inputs.spec, model, inputs.clean, inputs.test, inputs.poisoned_test
     )
 
 

@@ -11,7 +11,7 @@ from tests.cli.conftest import argd_env, run_argd
 
 
 def _row(stdout: str, label: str) -> tuple[str, str]:
-    match = re.search(rf"^{re.escape(label)}\s+(\S+ %)\s+(\S+ %)$", stdout, re.MULTILINE)
+    match = re.search(rf"^{re.escape(label)}\s+(\S+ %)\s+(\S+ %)(?:\s+\d+ s)?$", stdout, re.MULTILINE)
     assert match, f"no row {label!r} in:\n{stdout}"
     return match.group(1), match.group(2)
 
@@ -40,8 +40,8 @@ def test_demo_runs_end_to_end_on_the_embedded_service(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "using synthetic images (--synthetic)" in result.stderr
-    assert "Backdoor removal on synthetic (BadNets, target 0)" in result.stdout
-    for label in ("backdoored model (before)", "fine-tuning (baseline)", "ARGD (cleansed)"):
+    assert "Backdoor removal on synthetic: small-cnn, BadNets, target 0" in result.stdout
+    for label in ("backdoored model (before)", "FST (baseline)", "ARGD (cleansed)"):
         _row(result.stdout, label)
     # What the service reported is what the user downloaded.
     assert _row(result.stdout, "ARGD (cleansed)") == _row(result.stdout, "ARGD, downloaded file")
@@ -61,4 +61,4 @@ def test_demo_runs_end_to_end_on_the_embedded_service(tmp_path: Path) -> None:
     )  # fmt: skip
     assert again.returncode == 0, again.stdout + again.stderr
     assert "reusing the cached backdoored model" in again.stderr
-    assert "fine-tuning (baseline)" not in again.stdout
+    assert "FST (baseline)" not in again.stdout
