@@ -74,6 +74,13 @@ ABLATIONS: dict[str, tuple[str, dict[str, Any]]] = {
     ),
     "node-x0.5": ("node weight halved", {"w_node_scale": 0.5}),
     "node-x2": ("node weight doubled", {"w_node_scale": 2.0}),
+    "no-attention": (
+        "no attention term (node, edge, embedding off): logit distillation and the FST head alone",
+        {"w_node": 0.0, "w_edge": 0.0, "w_emb": 0.0},
+    ),
+    "no-logit": ("logit distillation off", {"w_logit": 0.0}),
+    "keep-head": ("the student keeps the uploaded head (no FST head term)", {"student_head": "keep"}),
+    "teacher-finetune": ("teacher fine-tuned with cross-entropy instead of FST", {"teacher": "finetune"}),
 }
 DEFENCES = ("finetune", "nad", "fst", "ft-sam", "argd")
 #: The baselines' published settings where they differ from the shared defaults: NAD distils from a
@@ -87,7 +94,7 @@ LOW_RATE_ROWS = ("badnets@0.01", "blend@0.01")
 SEED_DEFENCES = ("argd", "fst", "ft-sam")
 #: Attacks whose trigger is a local patch (the retuning target compares these with the clean floor).
 PATCH_ATTACKS = ("badnets", "trojan", "cl")
-DEFAULT_ABLATIONS = ("frozen-embedding", "no-edge", "no-embedding", "uniform-beta")
+DEFAULT_ABLATIONS = ("no-attention", "no-logit", "keep-head", "no-edge")
 DEFAULT_ABLATION_ATTACKS = ("badnets", "blend")
 #: Fields of CleanseParams that determine the teacher (same values -> same teacher).
 TEACHER_FIELDS = (
