@@ -254,7 +254,9 @@ def test_nad_trainer_computes_exactly_the_node_loss() -> None:
     spec = ModelSpec(architecture="tiny", num_classes=3, in_channels=1, image_size=8)
     data = ImageData(torch.randint(0, 256, (12, 1, 8, 8), dtype=torch.uint8), torch.arange(12) % 3)
     student, teacher = TinyNet(), TinyNet()
-    params = CleanseParams(method="nad", beta=[3.0, 5.0], w_node=2.0, w_edge=9.0, w_emb=9.0, epochs=1)
+    params = CleanseParams(
+        method="nad", beta=[3.0, 5.0], w_node=2.0, w_edge=9.0, w_emb=9.0, epochs=1, student_head="keep"
+    )
     trainer = Trainer(
         student,
         data,

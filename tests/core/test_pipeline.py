@@ -60,7 +60,10 @@ def cleanse(task: dict[str, object], params: CleanseParams, **kwargs: object):  
 
 def test_a_short_argd_run_cuts_the_attack_success_rate(task: dict[str, object]) -> None:
     original = copy.deepcopy(task["model"])
-    result = cleanse(task, quick(epochs=6, teacher_epochs=4))
+    # A fine-tuned teacher and a student that keeps its head: 24 steps on 120 images are too few for the
+    # default's re-initialised FST head to relearn the classes (the benchmark measures the default recipe).
+    params = quick(epochs=6, teacher_epochs=4, teacher="finetune", student_head="keep", w_logit=0.0)
+    result = cleanse(task, params)
     before, after = result.metrics["before"], result.metrics["after"]
     assert before["asr"] > 0.9, "the fixture's backdoor did not take"
     assert after["asr"] < before["asr"] - 0.4
