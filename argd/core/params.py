@@ -9,16 +9,16 @@ Presets:
   teacher), so anyone can reproduce the paper's behaviour, including its loss of clean accuracy outside
   CIFAR-10.
 - "default": our defaults, chosen by the defence benchmark (README, "Benchmark results"). A plainly
-  fine-tuned teacher keeps the backdoor on global triggers (blend: teacher ASR 99.7 %), and a student distilled
-  from it cannot be cleaner than it. So the teacher is made by feature-shift tuning (FST: re-initialised head
-  pushed away from the uploaded one, 10 epochs at lr 0.01 cosine, no weight decay), and the student, a copy
-  of the uploaded model, is pulled off the backdoor's features the same way (FST head) while it learns the
-  clean teacher's attention graph (node, edge and embedding terms) and its softened outputs (logit
-  distillation, weight 1, temperature 4). The ARG term weights bring each term near the cross-entropy's
-  magnitude (measured at the start of distillation, WRN-16-1, 28 px: cross-entropy 0.05-0.2, raw node term
-  0.2-4, edge term 5e-4-2e-3, embedding term about 0.02; hence w_node = 0.1, w_edge = 100, w_emb = 5); the
-  embedding is trainable. The reference lr-0.1 phase is not used: with distillation terms many times larger
-  than the cross-entropy it wrecks clean accuracy (ARGD.md).
+  fine-tuned teacher keeps the backdoor on global triggers (blend: teacher ASR 99.7 %), and a student
+  distilled from it cannot be cleaner than it. So the teacher is made by feature-shift tuning (FST: a
+  re-initialised head pushed away from the uploaded one, 10 epochs at lr 0.01 cosine, no weight decay),
+  and the student, a copy of the uploaded model, is pulled off the backdoor's features the same way (FST
+  head) while it learns the clean teacher's attention graph (node, edge and embedding terms) and its
+  softened outputs (logit distillation, weight 1, temperature 4). The ARG term weights bring each term near
+  the cross-entropy's magnitude (measured at the start of distillation, WRN-16-1, 28 px: cross-entropy
+  0.05-0.2, raw node term 0.2-4, edge term 5e-4-2e-3, embedding term about 0.02; hence w_node = 0.1,
+  w_edge = 100, w_emb = 5); the embedding is trainable. The reference lr-0.1 phase is not used: with
+  distillation terms many times larger than the cross-entropy it wrecks clean accuracy (ARGD.md).
 """
 
 from __future__ import annotations

@@ -127,9 +127,7 @@ def backdoor_kit(tmp_path_factory: pytest.TempPathFactory) -> Kit:
     root = tmp_path_factory.mktemp("backdoor-kit")
     inputs = demo_inputs(DemoConfig(**BACKDOOR_CONFIG), root / "cache", quiet=True)
     model = load_model(inputs.model_path, inputs.spec)
-    return _write_kit(
-        root, inputs.spec, model, inputs.clean, inputs.test, inputs.poisoned_test
-    )
+    return _write_kit(root, inputs.spec, model, inputs.clean, inputs.test, inputs.poisoned_test)
 
 
 @pytest.fixture(scope="session")

@@ -62,3 +62,23 @@ def test_demo_runs_end_to_end_on_the_embedded_service(tmp_path: Path) -> None:
     assert again.returncode == 0, again.stdout + again.stderr
     assert "reusing the cached backdoored model" in again.stderr
     assert "FST (baseline)" not in again.stdout
+
+
+def test_remake_model_writes_the_backdoored_model_with_its_settings(tmp_path: Path) -> None:
+    """`argd demo --remake-model PATH` (how the shipped model is made): trains, writes PATH, starts no service."""
+    from safetensors import safe_open
+
+    path = tmp_path / "assets" / "model.safetensors"
+    result = run_argd(
+        "demo", "--synthetic", "--train-size", "300", "--test-size", "50", "--clean-size", "50",
+        "--backdoor-epochs", "1", "--remake-model", path, "--data-dir", tmp_path / "demo",
+        env=argd_env(ARGD_TORCH_THREADS="1"), timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"wrote {path}" in result.stderr and "starting the embedded service" not in result.stderr
+    with safe_open(str(path), framework="pt") as f:
+        metadata = f.metadata()
+        assert "fc.weight" in f.keys()  # the small CNN of synthetic runs
+    made_with = json.loads(metadata["demo_config"])
+    assert made_with["architecture"] == "small-cnn" and made_with["train_size"] == 300
+    assert metadata["source"] == "synthetic"
