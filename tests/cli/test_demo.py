@@ -65,7 +65,7 @@ def test_demo_runs_end_to_end_on_the_embedded_service(tmp_path: Path) -> None:
 
 
 def test_remake_model_writes_the_backdoored_model_with_its_settings(tmp_path: Path) -> None:
-    """`argd demo --remake-model PATH` (how the shipped model is made): trains, writes PATH, starts no service."""
+    """`argd demo --remake-model PATH`, how the shipped model is made: trains, writes PATH, no service."""
     from safetensors import safe_open
 
     path = tmp_path / "assets" / "model.safetensors"
@@ -78,7 +78,8 @@ def test_remake_model_writes_the_backdoored_model_with_its_settings(tmp_path: Pa
     assert f"wrote {path}" in result.stderr and "starting the embedded service" not in result.stderr
     with safe_open(str(path), framework="pt") as f:
         metadata = f.metadata()
-        assert "fc.weight" in f.keys()  # the small CNN of synthetic runs
+        names = set(f.keys())
+    assert "fc.weight" in names  # the small CNN of synthetic runs
     made_with = json.loads(metadata["demo_config"])
     assert made_with["architecture"] == "small-cnn" and made_with["train_size"] == 300
     assert metadata["source"] == "synthetic"
