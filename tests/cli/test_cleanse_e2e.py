@@ -32,9 +32,13 @@ def test_cleanse_removes_the_backdoor_and_keeps_accuracy(backdoor_kit: Kit, tmp_
         *backdoor_kit.spec_flags(),
         *backdoor_kit.data_flags(),
         "--epochs",
-        "5",
+        "8",
         "--teacher-epochs",
-        "3",
+        "5",
+        "--batch-size",
+        "16",
+        "--lr",
+        "0.03",
         "--seed",
         "0",
         "--threads",
@@ -61,7 +65,7 @@ def test_cleanse_removes_the_backdoor_and_keeps_accuracy(backdoor_kit: Kit, tmp_
 
     # Every parameter, the seed and the versions are recorded.
     params = report["params"]
-    assert (params["method"], params["epochs"], params["teacher_epochs"], params["seed"]) == ("argd", 5, 3, 0)
+    assert (params["method"], params["epochs"], params["teacher_epochs"], params["seed"]) == ("argd", 8, 5, 0)
     assert {"lr", "batch_size", "w_node", "w_edge", "w_emb", "beta", "embedding_trainable"} <= set(params)
     assert report["seed"] == 0 and report["target_label"] == backdoor_kit.target
     assert report["spec"]["architecture"] == "small-cnn"
