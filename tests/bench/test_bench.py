@@ -1,6 +1,6 @@
 """`argd bench defense` and `argd bench speed` end to end at tiny sizes: the reports exist and hold the rows.
 
-The defence run goes through `bench.cli.main` exactly as `argd bench defense` does, on real Fashion-MNIST
+The defence run goes through `argd.bench.cli.main` exactly as `argd bench defense` does, on real Fashion-MNIST
 (skipped where the Debian package is missing) and on a synthetic dataset in the project's .npz format with
 another architecture, so both data paths and the cache are exercised.
 """
@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from argd.bench.attacks import QUICK_ATTACKS
+from argd.bench.backdoor import ATTACK_SETTINGS
+from argd.bench.cli import DEFAULT_DATA_ROOT, main
+from argd.bench.defense import ABLATIONS, DefenseConfig, clean_subset, defence_params
 from argd.core.data import ImageData, save_npz
-from bench.attacks import QUICK_ATTACKS
-from bench.backdoor import ATTACK_SETTINGS
-from bench.cli import DEFAULT_DATA_ROOT, main
-from bench.defense import ABLATIONS, DefenseConfig, clean_subset, defence_params
 
 HAVE_FMNIST = (DEFAULT_DATA_ROOT / "train-images-idx3-ubyte.gz").is_file()
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

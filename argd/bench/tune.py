@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.defense import DefenseConfig, run_defense
-from bench.report import summarise, write_json
+from argd.bench.defense import DefenseConfig, run_defense
+from argd.bench.report import summarise, write_json
 
 #: name -> (what it tests, CleanseParams overrides). "default" is the preset as it stands.
 GRID: dict[str, tuple[str, dict[str, Any]]] = {

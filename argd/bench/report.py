@@ -1,7 +1,7 @@
 """Writing benchmark results: a Markdown table for people, JSON for machines, a PNG chart for the README.
 
-The result dictionary is produced by `bench.defense` / `bench.speed`; this module only formats it, so the
-same results can be re-rendered without re-running anything (`write_defense_report` is pure I/O).
+The result dictionary is produced by `argd.bench.defense` / `argd.bench.speed`; this module only formats it,
+so the same results can be re-rendered without re-running anything (`write_defense_report` is pure I/O).
 """
 
 from __future__ import annotations
@@ -279,8 +279,8 @@ def merge_defense_reports(parts: Sequence[Path], out: Path) -> dict[str, Path]:
     The runs must share their settings apart from the rows and the timings; the first run's settings are
     kept, with every row in the order the parts list them, and the target checks recomputed.
     """
+    from argd.bench.defense import target_checks
     from argd.core.errors import InvalidInput
-    from bench.defense import target_checks
 
     loaded = []
     for part in parts:

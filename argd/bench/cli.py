@@ -1,7 +1,7 @@
 """`argd bench defense|tune|speed|api-latency|upload-memory`: argument parsing only.
 
-The work is in `bench.defense`, `bench.tune`, `bench.speed` and the service benchmarks; those that need torch
-are imported when their command runs, so parsing (and `--help`) stays quick.
+The work is in `argd.bench.defense`, `argd.bench.tune`, `argd.bench.speed` and the service benchmarks; those
+that need torch are imported when their command runs, so parsing (and `--help`) stays quick.
 """
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ import argparse
 import sys
 from pathlib import Path
 
+from argd.bench.attacks import ALL_ATTACKS
+from argd.bench.service import add_subcommands, run_from_args
 from argd.cli.argtypes import csv_list, fraction, positive_int, whole_number_list
 from argd.core.errors import ArgdError
-from bench.attacks import ALL_ATTACKS
-from bench.service import add_subcommands, run_from_args
 
 __all__ = ["DEFAULT_DATA_ROOT", "build_parser", "main"]
 
@@ -80,7 +80,7 @@ def _add_defense_options(d: argparse.ArgumentParser) -> None:
         default=[],
         metavar="ATTACK.KEY=VALUE",
         help="override one setting of one attack (JSON value), e.g. sig.delta=30, or its own poisoning "
-        "rate, e.g. cl.rate=0.08; repeatable (defaults: bench.backdoor.ATTACK_SETTINGS)",
+        "rate, e.g. cl.rate=0.08; repeatable (defaults: argd.bench.backdoor.ATTACK_SETTINGS)",
     )
     d.add_argument(
         "--clean-fraction",
@@ -131,7 +131,7 @@ def _add_defense_options(d: argparse.ArgumentParser) -> None:
     d.add_argument(
         "--ablations",
         type=csv_list,
-        help="ARGD variants to run (comma list, 'all' or 'none'); see bench.defense.ABLATIONS",
+        help="ARGD variants to run (comma list, 'all' or 'none'); see argd.bench.defense.ABLATIONS",
     )
     d.add_argument(
         "--ablation-attacks", type=csv_list, help="attacks the ablations run on (default: badnets,blend)"
@@ -177,7 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
         "on the same cached backdoored models, and write tune.md / tune.json.",
     )
     _add_defense_options(t)
-    t.add_argument("--grid", type=csv_list, help="grid entries to run (default: all; see bench.tune.GRID)")
+    t.add_argument(
+        "--grid", type=csv_list, help="grid entries to run (default: all; see argd.bench.tune.GRID)"
+    )
 
     s = sub.add_parser(
         "speed",
@@ -205,24 +207,24 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         if args.command == "merge":
-            from bench.report import merge_defense_reports
+            from argd.bench.report import merge_defense_reports
 
             merge_defense_reports(args.parts, args.out)
         elif args.command == "defense":
-            from bench.defense import config_from_args, run_defense
+            from argd.bench.defense import config_from_args, run_defense
 
             run_defense(config_from_args(args))
         elif args.command == "tune":
-            from bench.defense import config_from_args
-            from bench.tune import GRID, run_tune
+            from argd.bench.defense import config_from_args
+            from argd.bench.tune import GRID, run_tune
 
             config = config_from_args(args)
             if args.out is None:
                 config.out = Path("bench-results/tune-quick" if args.quick else "bench-results/tune")
             run_tune(config, list(args.grid or GRID))
         else:
-            from bench.speed import config_from_args as speed_config
-            from bench.speed import run_speed
+            from argd.bench.speed import config_from_args as speed_config
+            from argd.bench.speed import run_speed
 
             run_speed(speed_config(args))
     except ArgdError as exc:

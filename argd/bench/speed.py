@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from argd.bench.report import write_speed_report
 from argd.core.architectures import build_model
 from argd.core.data import ImageData, load_dataset, load_fashion_mnist
 from argd.core.device import autocast, resolve_device
@@ -35,7 +36,6 @@ from argd.core.features import FeatureTap
 from argd.core.params import CleanseParams
 from argd.core.spec import ModelSpec
 from argd.core.trainer import Trainer
-from bench.report import write_speed_report
 
 METHODS = ("bare", "finetune", "nad", "argd")
 

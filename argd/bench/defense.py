@@ -7,10 +7,10 @@ subset, with the same seed and epoch budget, and is evaluated on the same clean 
 non-target test set (ASR). The baselines are the same trainer at their published settings: plain fine-tuning,
 NAD (a fine-tuned teacher, node term only), FST and FT-SAM.
 
-Then every cleansed model, and the clean model as the floor, faces the retuning attack (`bench.retune`): a
-short fine-tuning with five poisoned images mixed in, after which the ASR is measured again. With `--seeds`,
-the defences of `--seed-defences` run again with each further seed (same victims, same clean subset), and the
-tables give the mean and the spread.
+Then every cleansed model, and the clean model as the floor, faces the retuning attack
+(`argd.bench.retune`): a short fine-tuning with five poisoned images mixed in, after which the ASR is measured
+again. With `--seeds`, the defences of `--seed-defences` run again with each further seed (same victims, same
+clean subset), and the tables give the mean and the spread.
 
 Runs that share a teacher recipe share the teacher: it depends only on the teacher settings, the seed and the
 clean subset, so it is made once per row and settings and handed to each run (the result is what each run
@@ -35,6 +35,19 @@ from pydantic import ValidationError
 from torch import nn
 
 import argd
+from argd.bench.attacks import ALL_ATTACKS, QUICK_ATTACKS
+from argd.bench.backdoor import (
+    ATTACK_SETTINGS,
+    TrainSettings,
+    Victim,
+    data_fingerprint,
+    default_cache_dir,
+    train_backdoored,
+    train_clean,
+)
+from argd.bench.report import summarise, write_defense_report
+from argd.bench.retune import retune_asr, split_retune_images
+from argd.bench.speed import device_description
 from argd.core.architectures import build_model
 from argd.core.attacks import ATTACKS, make_attack
 from argd.core.data import ImageData, load_dataset, load_fashion_mnist
@@ -46,19 +59,6 @@ from argd.core.params import CleanseParams
 from argd.core.pipeline import ProgressEvent, run_cleanse, split_validation
 from argd.core.spec import ModelSpec
 from argd.core.trainer import Trainer
-from bench.attacks import ALL_ATTACKS, QUICK_ATTACKS
-from bench.backdoor import (
-    ATTACK_SETTINGS,
-    TrainSettings,
-    Victim,
-    data_fingerprint,
-    default_cache_dir,
-    train_backdoored,
-    train_clean,
-)
-from bench.report import summarise, write_defense_report
-from bench.retune import retune_asr, split_retune_images
-from bench.speed import device_description
 
 #: ARGD variants for the ablation switches: name -> (description, CleanseParams overrides on ARGD's params).
 ABLATIONS: dict[str, tuple[str, dict[str, Any]]] = {
