@@ -493,7 +493,9 @@ def run_defence(
 ) -> dict[str, Any]:
     """One `run_cleanse` call; returns its metrics, timings, term magnitudes and effective parameters, and,
     with `retune` (cleansed model -> {"asr", "seconds"}), the retuning attack's result."""
-    teacher, teacher_seconds, teacher_history = (None, 0.0, [])
+    teacher: nn.Module | None = None
+    teacher_seconds = 0.0
+    teacher_history: list[dict[str, Any]] = []
     if params.needs_teacher:
         teacher, teacher_seconds, teacher_history = teachers.get(params, label)
     # The shared teacher goes in as an uploaded one: exactly what this run would have made for itself.
@@ -662,16 +664,17 @@ def target_checks(results: dict[str, Any]) -> list[dict[str, Any]]:
                 mine < theirs,
                 f"{pct(mine)} vs {pct(theirs)}",
             )
-        far = {
+        patch_rows = {
             a: (v, (attacks[a].get("retune_floor") or {}).get("asr"))
             for a, v in retuned.items()
             if split_row(a)[0] in PATCH_ATTACKS
         }
-        off = {a: (v, f) for a, (v, f) in far.items() if f is None or v is None or v - f > 0.10}
+        off = {a: (v, f) for a, (v, f) in patch_rows.items() if f is None or v is None or v - f > 0.10}
         add(
             "ARGD retuned ASR within 10 points of the clean model's floor on the patch attacks",
             not off,
-            ", ".join(f"{a} {pct(v)} vs floor {pct(f)}" for a, (v, f) in far.items()) or "no patch rows",
+            ", ".join(f"{a} {pct(v)} vs floor {pct(f)}" for a, (v, f) in patch_rows.items())
+            or "no patch rows",
         )
     return checks
 
