@@ -207,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         if args.command == "merge":
-            from argd.bench.report import merge_defense_reports
+            from argd.bench.defense import merge_defense_reports
 
             merge_defense_reports(args.parts, args.out)
         elif args.command == "defense":

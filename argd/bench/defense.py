@@ -25,6 +25,7 @@ import json
 import math
 import platform
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
@@ -677,6 +678,45 @@ def target_checks(results: dict[str, Any]) -> list[dict[str, Any]]:
             or "no patch rows",
         )
     return checks
+
+
+def merge_defense_reports(parts: Sequence[Path], out: Path) -> dict[str, Path]:
+    """Join `defense.json` of runs over different rows into one report in `out`.
+
+    The runs must share their settings apart from the rows and the timings; the first run's settings are
+    kept, with every row in the order the parts list them, and the target checks recomputed.
+    """
+    loaded = []
+    for part in parts:
+        path = part / "defense.json"
+        if not path.is_file():
+            raise InvalidInput(f"{path} is missing: not the result folder of `argd bench defense`")
+        loaded.append(json.loads(path.read_text()))
+    first = loaded[0]
+    ignored = {"attacks", "out", "total_seconds"}
+    for other, part in zip(loaded[1:], parts[1:], strict=True):
+        a = {k: v for k, v in first["settings"].items() if k not in ignored}
+        b = {k: v for k, v in other["settings"].items() if k not in ignored}
+        if a != b:
+            differ = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+            raise InvalidInput(f"{part} was run with other settings ({', '.join(differ)}); cannot merge")
+    merged: dict[str, Any] = {**first, "attacks": {}, "ablations": {}}
+    for result in loaded:
+        for attack, row in result["attacks"].items():
+            if attack in merged["attacks"]:
+                raise InvalidInput(f"row {attack} appears in more than one part")
+            merged["attacks"][attack] = row
+        for name, variant in (result.get("ablations") or {}).items():
+            entry = merged["ablations"].setdefault(name, {**variant, "attacks": {}})
+            entry["attacks"].update(variant["attacks"])
+    merged["settings"] = {
+        **first["settings"],
+        "attacks": list(merged["attacks"]),
+        "merged_from": [str(p) for p in parts],
+        "total_seconds": [r["settings"].get("total_seconds") for r in loaded],
+    }
+    merged["checks"] = target_checks(merged)
+    return write_defense_report(merged, out)
 
 
 # ------------------------------------------------------------------------------------------------ run

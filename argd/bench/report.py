@@ -273,48 +273,6 @@ def write_defense_report(results: dict[str, Any], out: Path) -> dict[str, Path]:
     return paths
 
 
-def merge_defense_reports(parts: Sequence[Path], out: Path) -> dict[str, Path]:
-    """Join `defense.json` of runs over different rows into one report in `out`.
-
-    The runs must share their settings apart from the rows and the timings; the first run's settings are
-    kept, with every row in the order the parts list them, and the target checks recomputed.
-    """
-    from argd.bench.defense import target_checks
-    from argd.core.errors import InvalidInput
-
-    loaded = []
-    for part in parts:
-        path = part / "defense.json"
-        if not path.is_file():
-            raise InvalidInput(f"{path} is missing: not the result folder of `argd bench defense`")
-        loaded.append(json.loads(path.read_text()))
-    first = loaded[0]
-    ignored = {"attacks", "out", "total_seconds"}
-    for other, part in zip(loaded[1:], parts[1:], strict=True):
-        a = {k: v for k, v in first["settings"].items() if k not in ignored}
-        b = {k: v for k, v in other["settings"].items() if k not in ignored}
-        if a != b:
-            differ = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
-            raise InvalidInput(f"{part} was run with other settings ({', '.join(differ)}); cannot merge")
-    merged: dict[str, Any] = {**first, "attacks": {}, "ablations": {}}
-    for result in loaded:
-        for attack, row in result["attacks"].items():
-            if attack in merged["attacks"]:
-                raise InvalidInput(f"row {attack} appears in more than one part")
-            merged["attacks"][attack] = row
-        for name, variant in (result.get("ablations") or {}).items():
-            entry = merged["ablations"].setdefault(name, {**variant, "attacks": {}})
-            entry["attacks"].update(variant["attacks"])
-    merged["settings"] = {
-        **first["settings"],
-        "attacks": list(merged["attacks"]),
-        "merged_from": [str(p) for p in parts],
-        "total_seconds": [r["settings"].get("total_seconds") for r in loaded],
-    }
-    merged["checks"] = target_checks(merged)
-    return write_defense_report(merged, out)
-
-
 def speed_markdown(results: dict[str, Any]) -> str:
     """Seconds per epoch, images per second and the ratio to the bare passes, one row per method."""
     rows = results["methods"]
