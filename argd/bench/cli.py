@@ -202,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     if getattr(args, "service_bench", None):
         return run_from_args(args)
-    if args.test_npz and not args.train_npz:
+    if getattr(args, "test_npz", None) and not args.train_npz:  # merge has no data options
         print("argd bench: error: --test-npz needs --train-npz", file=sys.stderr)
         return 2
     try:
