@@ -94,17 +94,17 @@ def _add_defense_options(d: argparse.ArgumentParser) -> None:
     d.add_argument("--backdoor-epochs", type=positive_int, help="epochs of backdoored/clean model training")
     d.add_argument("--backdoor-lr", type=float, help="peak learning rate of backdoored model training")
     d.add_argument(
-        "--defences",
+        "--defenses",
         type=csv_list,
-        help="defences to run (default: finetune,nad,fst,ft-sam,argd; the reference column is --reference)",
+        help="defenses to run (default: finetune,nad,fst,ft-sam,argd; the reference column is --reference)",
     )
     d.add_argument(
         "--seeds",
         type=whole_number_list,
-        help="run the --seed-defences again with each of these seeds (e.g. 0,1,2) and report mean and spread",
+        help="run the --seed-defenses again with each of these seeds (e.g. 0,1,2) and report mean and spread",
     )
     d.add_argument(
-        "--seed-defences", type=csv_list, help="defences that --seeds repeats (default: argd,fst,ft-sam)"
+        "--seed-defenses", type=csv_list, help="defenses that --seeds repeats (default: argd,fst,ft-sam)"
     )
     d.add_argument(
         "--retune",
@@ -114,10 +114,10 @@ def _add_defense_options(d: argparse.ArgumentParser) -> None:
         "model (default: on)",
     )
     d.add_argument(
-        "--preset", default="default", help="CleanseParams preset of all defences (default|reference)"
+        "--preset", default="default", help="CleanseParams preset of all defenses (default|reference)"
     )
     d.add_argument(
-        "--epochs", type=positive_int, help="distillation epochs of every defence (overrides preset)"
+        "--epochs", type=positive_int, help="distillation epochs of every defense (overrides preset)"
     )
     d.add_argument(
         "--teacher-epochs", type=positive_int, help="teacher fine-tuning epochs (overrides preset)"
@@ -142,7 +142,7 @@ def _add_defense_options(d: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override a CleanseParams field for every defence (JSON value), repeatable",
+        help="override a CleanseParams field for every defense (JSON value), repeatable",
     )
     d.add_argument("--cache-dir", type=Path, help="backdoored-model cache (default: ~/.cache/argd/bench)")
 
@@ -163,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     m = sub.add_parser(
         "merge",
-        help="join the results of defence runs over different rows into one report",
+        help="join the results of defense runs over different rows into one report",
         description="Read defense.json from each folder (runs of the same settings over different rows, "
         "e.g. two processes side by side), and write one defense.md / .json / .png with every row.",
     )
@@ -172,8 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser(
         "tune",
-        help="the defence benchmark over a grid of settings (how the defaults were chosen)",
-        description="Run `defense` once per grid entry (CleanseParams overrides applied to every defence) "
+        help="the defense benchmark over a grid of settings (how the defaults were chosen)",
+        description="Run `defense` once per grid entry (CleanseParams overrides applied to every defense) "
         "on the same cached backdoored models, and write tune.md / tune.json.",
     )
     _add_defense_options(t)
@@ -211,9 +211,9 @@ def main(argv: list[str] | None = None) -> int:
 
             merge_defense_reports(args.parts, args.out)
         elif args.command == "defense":
-            from argd.bench.defense import config_from_args, run_defense
+            from argd.bench.defense import config_from_args, run_defense_benchmark
 
-            run_defense(config_from_args(args))
+            run_defense_benchmark(config_from_args(args))
         elif args.command == "tune":
             from argd.bench.defense import config_from_args
             from argd.bench.tune import GRID, run_tune

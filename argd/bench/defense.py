@@ -2,14 +2,14 @@
 
 For every row (an attack, or an attack at its own poisoning rate such as `badnets@0.01`): a backdoored model
 is trained with augmentation (or loaded from the cache), a clean subset is drawn (seeded) from the training
-images the attack left untouched, and every defence runs through the engine's `run_cleanse` on that same
+images the attack left untouched, and every defense runs through the engine's `run_cleanse` on that same
 subset, with the same seed and epoch budget, and is evaluated on the same clean test set (ACC) and triggered
 non-target test set (ASR). The baselines are the same trainer at their published settings: plain fine-tuning,
 NAD (a fine-tuned teacher, node term only), FST and FT-SAM.
 
 Then every cleansed model, and the clean model as the floor, faces the retuning attack
 (`argd.bench.retune`): a short fine-tuning with five poisoned images mixed in, after which the ASR is measured
-again. With `--seeds`, the defences of `--seed-defences` run again with each further seed (same victims, same
+again. With `--seeds`, the defenses of `--seed-defenses` run again with each further seed (same victims, same
 clean subset), and the tables give the mean and the spread.
 
 Runs that share a teacher recipe share the teacher: it depends only on the teacher settings, the seed and the
@@ -83,7 +83,7 @@ ABLATIONS: dict[str, tuple[str, dict[str, Any]]] = {
     "keep-head": ("the student keeps the uploaded head (no FST head term)", {"student_head": "keep"}),
     "teacher-finetune": ("teacher fine-tuned with cross-entropy instead of FST", {"teacher": "finetune"}),
 }
-DEFENCES = ("finetune", "nad", "fst", "ft-sam", "argd")
+DEFENSES = ("finetune", "nad", "fst", "ft-sam", "argd")
 #: The baselines' published settings where they differ from the shared defaults: NAD distils from a
 #: teacher fine-tuned for 5 epochs into a student that keeps its head (Li et al., ICLR 2021).
 BASELINE_SETTINGS: dict[str, dict[str, Any]] = {
@@ -91,8 +91,8 @@ BASELINE_SETTINGS: dict[str, dict[str, Any]] = {
 }
 #: Rows at a low poisoning rate, where plain fine-tuning fails most (FST's paper).
 LOW_RATE_ROWS = ("badnets@0.01", "blend@0.01")
-#: Defences that run on every seed of `--seeds` (the default ARGD and the two strongest baselines).
-SEED_DEFENCES = ("argd", "fst", "ft-sam")
+#: Defenses that run on every seed of `--seeds` (the default ARGD and the two strongest baselines).
+SEED_DEFENSES = ("argd", "fst", "ft-sam")
 #: Attacks whose trigger is a local patch (the retuning target compares these with the clean floor).
 PATCH_ATTACKS = ("badnets", "trojan", "cl")
 DEFAULT_ABLATIONS = ("no-attention", "no-logit", "keep-head", "no-edge")
@@ -122,7 +122,7 @@ TEACHER_FIELDS = (
 
 @dataclass
 class DefenseConfig:
-    """Every setting of a defence benchmark run (all of it goes into the JSON)."""
+    """Every setting of a defense benchmark run (all of it goes into the JSON)."""
 
     out: Path = Path("bench-results/defense")
     attacks: list[str] = field(default_factory=lambda: [*ALL_ATTACKS, *LOW_RATE_ROWS])
@@ -140,7 +140,7 @@ class DefenseConfig:
     clean_size: int | None = None
     seed: int = 0
     backdoor: TrainSettings = field(default_factory=TrainSettings)
-    defences: list[str] = field(default_factory=lambda: list(DEFENCES))
+    defenses: list[str] = field(default_factory=lambda: list(DEFENSES))
     preset: str = "default"
     overrides: dict[str, Any] = field(default_factory=dict)
     epochs: int | None = None
@@ -155,7 +155,7 @@ class DefenseConfig:
     quick: bool = False
     retune: bool = True
     seeds: list[int] = field(default_factory=list)
-    seed_defences: list[str] = field(default_factory=lambda: list(SEED_DEFENCES))
+    seed_defenses: list[str] = field(default_factory=lambda: list(SEED_DEFENSES))
 
 
 def split_row(row: str) -> tuple[str, float | None]:
@@ -246,7 +246,7 @@ def config_from_args(args: argparse.Namespace) -> DefenseConfig:
         clean_size=args.clean_size or (400 if quick else None),
         seed=args.seed,
         backdoor=backdoor,
-        defences=list(args.defences or DEFENCES),
+        defenses=list(args.defenses or DEFENSES),
         preset=args.preset,
         overrides=dict(_parse_override(t) for t in args.overrides),
         epochs=args.epochs or (3 if quick else None),
@@ -261,7 +261,7 @@ def config_from_args(args: argparse.Namespace) -> DefenseConfig:
         quick=quick,
         retune=bool(args.retune),
         seeds=list(args.seeds or []),
-        seed_defences=list(args.seed_defences or SEED_DEFENCES),
+        seed_defenses=list(args.seed_defenses or SEED_DEFENSES),
     )
     validate(config)
     return config
@@ -283,23 +283,23 @@ def validate(config: DefenseConfig) -> None:
             make_attack(split_row(row)[0], rate=attack_rate(config, row), **attack_kwargs(config, row))
         except (TypeError, ValueError) as exc:
             raise InvalidInput(f"bad --attack-set value for {row}: {exc}") from exc
-    unknown = [d for d in config.defences if d not in DEFENCES]
+    unknown = [d for d in config.defenses if d not in DEFENSES]
     if unknown:
-        raise InvalidInput(f"unknown defence(s) {', '.join(unknown)}; known: {', '.join(DEFENCES)}")
-    unknown = [d for d in config.seed_defences if d not in DEFENCES]
+        raise InvalidInput(f"unknown defense(s) {', '.join(unknown)}; known: {', '.join(DEFENSES)}")
+    unknown = [d for d in config.seed_defenses if d not in DEFENSES]
     if unknown:
-        raise InvalidInput(f"unknown --seed-defences {', '.join(unknown)}; known: {', '.join(DEFENCES)}")
+        raise InvalidInput(f"unknown --seed-defenses {', '.join(unknown)}; known: {', '.join(DEFENSES)}")
     unknown = [a for a in config.ablations if a not in ABLATIONS]
     if unknown:
         raise InvalidInput(f"unknown ablation(s) {', '.join(unknown)}; known: {', '.join(ABLATIONS)}")
     try:
-        defence_params(config, "argd")  # validates the preset and the overrides
+        defense_params(config, "argd")  # validates the preset and the overrides
     except (ValidationError, ValueError) as exc:
         errors = exc.errors() if isinstance(exc, ValidationError) else None
         detail = (
             "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors) if errors else str(exc)
         )
-        raise InvalidInput(f"bad defence parameters (--preset / --set): {detail}") from exc
+        raise InvalidInput(f"bad defense parameters (--preset / --set): {detail}") from exc
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -368,10 +368,10 @@ def clean_subset(train: ImageData, excluded: torch.Tensor | None, size: int, see
     return train.subset(candidates[order[:size]].sort().values)
 
 
-# ------------------------------------------------------------------------------------------ defences
+# ------------------------------------------------------------------------------------------ defenses
 
 
-def defence_params(
+def defense_params(
     config: DefenseConfig,
     method: str,
     preset: str | None = None,
@@ -380,7 +380,7 @@ def defence_params(
     levels: int | None = None,
     **extra: Any,
 ) -> CleanseParams:
-    """CleanseParams of one defence: the preset, the run's overrides and epoch budget, then `extra`.
+    """CleanseParams of one defense: the preset, the run's overrides and epoch budget, then `extra`.
 
     Pseudo-fields act on the resolved values: `<field>_scale` multiplies a numeric field (e.g.
     `w_node_scale: 2` doubles the preset's node weight), and `beta_uniform` replaces the per-level node
@@ -479,7 +479,7 @@ def _epoch_logger(log: Any, label: str) -> Any:
     return progress
 
 
-def run_defence(
+def run_one_defense(
     name: str,
     params: CleanseParams,
     victim: Victim,
@@ -562,7 +562,7 @@ def run_defence(
 
 def seed_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Mean, population standard deviation, min and max of ACC, ASR, retuned ASR and wall time over the
-    runs of one defence on one row (one run per seed)."""
+    runs of one defense on one row (one run per seed)."""
 
     def stats(values: list[float]) -> dict[str, float]:
         mean = sum(values) / len(values)
@@ -608,14 +608,14 @@ def target_checks(results: dict[str, Any]) -> list[dict[str, Any]]:
     erased = [
         a
         for a, r in attacks.items()
-        if "finetune" in r["defences"] and r["defences"]["finetune"]["asr"] <= 0.05
+        if "finetune" in r["defenses"] and r["defenses"]["finetune"]["asr"] <= 0.05
     ]
     add(
         "no backdoor erased by plain fine-tuning (FT ASR > 5 %)",
         not erased,
         "erased: " + (", ".join(erased) or "none"),
     )
-    argd = {a: r["defences"]["argd"] for a, r in attacks.items() if "argd" in r["defences"]}
+    argd = {a: r["defenses"]["argd"] for a, r in attacks.items() if "argd" in r["defenses"]}
     if not argd:
         return checks
     above2 = {a: m["asr"] for a, m in argd.items() if m["asr"] > 0.02}
@@ -652,12 +652,12 @@ def target_checks(results: dict[str, Any]) -> list[dict[str, Any]]:
                 f"ASR {pct(a['asr'])} vs {pct(b['asr'])}, ACC {pct(a['acc'])} vs {pct(b['acc'])}",
             )
     retuned = {
-        a: (r["defences"]["argd"].get("retune") or {}).get("asr")
+        a: (r["defenses"]["argd"].get("retune") or {}).get("asr")
         for a, r in attacks.items()
-        if "argd" in r["defences"]
+        if "argd" in r["defenses"]
     }
     if all(v is not None for v in retuned.values()):
-        fst = [(r["defences"].get("fst", {}).get("retune") or {}).get("asr") for r in attacks.values()]
+        fst = [(r["defenses"].get("fst", {}).get("retune") or {}).get("asr") for r in attacks.values()]
         if fst and all(v is not None for v in fst):
             mine, theirs = sum(retuned.values()) / len(retuned), sum(fst) / len(fst)  # type: ignore[arg-type]
             add(
@@ -680,18 +680,36 @@ def target_checks(results: dict[str, Any]) -> list[dict[str, Any]]:
     return checks
 
 
+#: Keys of older `defense.json` files (British spelling) -> today's, in the settings and in every row.
+_OLD_KEYS = {"defences": "defenses", "seed_defences": "seed_defenses"}
+
+
+def _with_current_keys(results: dict[str, Any]) -> dict[str, Any]:
+    """A loaded `defense.json` with the keys of older files renamed, so old and new files read alike."""
+
+    def renamed(mapping: dict[str, Any]) -> dict[str, Any]:
+        return {_OLD_KEYS.get(key, key): value for key, value in mapping.items()}
+
+    return {
+        **results,
+        "settings": renamed(results["settings"]),
+        "attacks": {attack: renamed(row) for attack, row in results["attacks"].items()},
+    }
+
+
 def merge_defense_reports(parts: Sequence[Path], out: Path) -> dict[str, Path]:
     """Join `defense.json` of runs over different rows into one report in `out`.
 
     The runs must share their settings apart from the rows and the timings; the first run's settings are
-    kept, with every row in the order the parts list them, and the target checks recomputed.
+    kept, with every row in the order the parts list them, and the target checks recomputed. Older files
+    (rows under "defences") are read too; the merged report uses today's keys.
     """
     loaded = []
     for part in parts:
         path = part / "defense.json"
         if not path.is_file():
             raise InvalidInput(f"{path} is missing: not the result folder of `argd bench defense`")
-        loaded.append(json.loads(path.read_text()))
+        loaded.append(_with_current_keys(json.loads(path.read_text())))
     first = loaded[0]
     ignored = {"attacks", "out", "total_seconds"}
     for other, part in zip(loaded[1:], parts[1:], strict=True):
@@ -733,10 +751,10 @@ def _logger(prefix_time: float) -> Any:
     return log
 
 
-def run_defense(config: DefenseConfig, memo: dict[str, Any] | None = None) -> dict[str, Any]:
+def run_defense_benchmark(config: DefenseConfig, memo: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run the whole benchmark and write the reports; returns the results dictionary.
 
-    `memo` (shared across calls by `argd bench tune`) maps a defence run's identity (victim, data sizes,
+    `memo` (shared across calls by `argd bench tune`) maps a defense run's identity (victim, data sizes,
     effective parameters; the teacher settings left out for plain fine-tuning, which has no teacher) to its
     result row, and keeps the fine-tuned teachers, so a grid of settings never repeats an identical run.
     """
@@ -773,9 +791,9 @@ def run_defense(config: DefenseConfig, memo: dict[str, Any] | None = None) -> di
 
     levels = len(resolve_feature_layers(build_model(spec), spec))
     shape: dict[str, Any] = {"spec": spec, "levels": levels}
-    params = {method: defence_params(config, method, **shape) for method in config.defences}
+    params = {method: defense_params(config, method, **shape) for method in config.defenses}
     if config.reference:
-        params["argd-reference"] = defence_params(config, "argd", preset="reference", **shape)
+        params["argd-reference"] = defense_params(config, "argd", preset="reference", **shape)
 
     results: dict[str, Any] = {
         "settings": {
@@ -823,7 +841,7 @@ def run_defense(config: DefenseConfig, memo: dict[str, Any] | None = None) -> di
         if memo is not None and key in memo:
             log(f"{label} {name}: same run as before, result reused")
             return copy.deepcopy(memo[key])
-        row = run_defence(name, p, victim, spec, clean, test, teachers, config, label, log, retune)
+        row = run_one_defense(name, p, victim, spec, clean, test, teachers, config, label, log, retune)
         if memo is not None:
             memo[key] = copy.deepcopy(row)
         return row
@@ -878,7 +896,7 @@ def run_defense(config: DefenseConfig, memo: dict[str, Any] | None = None) -> di
                 "train_seconds": victim.meta.get("seconds"),
                 "eval_images": len(victim.eval_set),
             },
-            "defences": {},
+            "defenses": {},
         }
         retune = None
         if config.retune:
@@ -898,12 +916,12 @@ def run_defense(config: DefenseConfig, memo: dict[str, Any] | None = None) -> di
             row["retune_floor"] = retune(clean_victim.model)
             log(f"{label} clean model after retuning: ASR {_pct(row['retune_floor']['asr'])} %")
         for name, p in params.items():
-            row["defences"][name] = defend(name, p, victim, clean, teachers, label, retune)
+            row["defenses"][name] = defend(name, p, victim, clean, teachers, label, retune)
         extra_seeds = [seed for seed in config.seeds if seed != config.seed]
         if extra_seeds:
             row["seeds"] = {}
-            for name in [d for d in config.seed_defences if d in params]:
-                runs = [row["defences"][name]]
+            for name in [d for d in config.seed_defenses if d in params]:
+                runs = [row["defenses"][name]]
                 for seed in extra_seeds:
                     p = CleanseParams.model_validate({**params[name].model_dump(), "seed": seed})
                     runs.append(defend(name, p, victim, clean, teachers, f"{label}[seed {seed}]", retune))
@@ -911,7 +929,7 @@ def run_defense(config: DefenseConfig, memo: dict[str, Any] | None = None) -> di
         results["attacks"][attack] = row
         if attack in config.ablation_attacks:
             for name, entry in ablation_rows.items():
-                variant = defence_params(config, "argd", **shape, **ABLATIONS[name][1])
+                variant = defense_params(config, "argd", **shape, **ABLATIONS[name][1])
                 entry["attacks"][attack] = defend(f"argd[{name}]", variant, victim, clean, teachers, label)
         # Write after every attack so an interrupted run still leaves its finished rows.
         snapshot = {**results, "ablations": ablation_rows, "checks": target_checks(results)}
