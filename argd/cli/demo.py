@@ -79,7 +79,7 @@ SYNTHETIC_DEFAULTS: dict[str, Any] = {
 }
 #: The backdoored model the project ships, made by `argd demo --remake-model` at the default settings.
 SHIPPED_MODEL = Path(__file__).parent / "assets" / "demo-wrn-16-1-badnets.safetensors"
-#: The baseline the demo runs beside ARGD: the strongest one in the defence benchmark.
+#: The baseline the demo runs beside ARGD: the strongest one in the defense benchmark.
 BASELINE = "fst"
 
 

@@ -123,12 +123,9 @@ def _bench_arguments(args: list[str]) -> list[str] | None:
 
 
 def _run_bench(args: list[str]) -> int:
-    try:
-        from bench.cli import main as bench_main
-    except ImportError as exc:
-        raise CliError(
-            f"the benchmarks are not installed with this copy of argd ({exc})", EXIT_FAILURE
-        ) from None
+    # Imported here, not at the top: the benchmarks (argd.bench) load torch and the server stack.
+    from argd.bench.cli import main as bench_main
+
     try:
         return int(bench_main(args) or 0)
     except SystemExit as exc:  # its argparse: --help or a usage error

@@ -8,7 +8,7 @@ Presets:
   node weights 2000/5000/2000, all term weights 1, frozen random embedding, 10 epochs, batch 64, a 10-epoch
   teacher), so anyone can reproduce the paper's behaviour, including its loss of clean accuracy outside
   CIFAR-10.
-- "default": our defaults, chosen by the defence benchmark (README, "Benchmark results"). A plainly
+- "default": our defaults, chosen by the defense benchmark (README, "Benchmark results"). A plainly
   fine-tuned teacher keeps the backdoor on global triggers (blend: teacher ASR 99.7 %), and a student
   distilled from it cannot be cleaner than it. So the teacher is made by feature-shift tuning (FST: a
   re-initialised head pushed away from the uploaded one, 10 epochs at lr 0.01 cosine, no weight decay),

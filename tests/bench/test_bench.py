@@ -1,6 +1,6 @@
 """`argd bench defense` and `argd bench speed` end to end at tiny sizes: the reports exist and hold the rows.
 
-The defence run goes through `bench.cli.main` exactly as `argd bench defense` does, on real Fashion-MNIST
+The defense run goes through `argd.bench.cli.main` exactly as `argd bench defense` does, on real Fashion-MNIST
 (skipped where the Debian package is missing) and on a synthetic dataset in the project's .npz format with
 another architecture, so both data paths and the cache are exercised.
 """
@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from argd.bench.attacks import QUICK_ATTACKS
+from argd.bench.backdoor import ATTACK_SETTINGS
+from argd.bench.cli import DEFAULT_DATA_ROOT, main
+from argd.bench.defense import ABLATIONS, DefenseConfig, clean_subset, defense_params
 from argd.core.data import ImageData, save_npz
-from bench.attacks import QUICK_ATTACKS
-from bench.backdoor import ATTACK_SETTINGS
-from bench.cli import DEFAULT_DATA_ROOT, main
-from bench.defense import ABLATIONS, DefenseConfig, clean_subset, defence_params
 
 HAVE_FMNIST = (DEFAULT_DATA_ROOT / "train-images-idx3-ubyte.gz").is_file()
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -50,7 +50,7 @@ def test_defense_end_to_end_on_fashion_mnist(tmp_path: Path, capsys: pytest.Capt
             "--ablations", "no-edge,uniform-beta",
             "--ablation-attacks", "badnets",
             "--seeds", "0,1",
-            "--seed-defences", "fst,argd",
+            "--seed-defenses", "fst,argd",
         ]
     )  # fmt: skip
     assert code == 0
@@ -58,40 +58,40 @@ def test_defense_end_to_end_on_fashion_mnist(tmp_path: Path, capsys: pytest.Capt
 
     assert list(results["attacks"]) == ["badnets"]
     row = results["attacks"]["badnets"]
-    assert set(row["defences"]) == {"finetune", "nad", "fst", "ft-sam", "argd", "argd-reference"}
+    assert set(row["defenses"]) == {"finetune", "nad", "fst", "ft-sam", "argd", "argd-reference"}
     assert row["backdoor"]["cached"] is False
     assert row["backdoor"]["poisoned_images"] == 60  # 10 % of 600
     assert 100 < row["backdoor"]["eval_images"] < 200  # the non-target images of the 200 test images
-    for name, metrics in row["defences"].items():
+    for name, metrics in row["defenses"].items():
         for key in ("acc", "asr", "der"):
             assert 0.0 <= metrics[key] <= 1.0, (name, key, metrics[key])
     # Fine-tuning is the same schedule with every distillation weight at zero.
-    ft, argd_params = row["defences"]["finetune"]["params"], row["defences"]["argd"]["params"]
+    ft, argd_params = row["defenses"]["finetune"]["params"], row["defenses"]["argd"]["params"]
     assert ft["method"] == "finetune" and argd_params["method"] == "argd"
     assert {k: ft[k] for k in ("lr", "lr_schedule", "epochs", "seed")} == {
         k: argd_params[k] for k in ("lr", "lr_schedule", "epochs", "seed")
     }
-    assert row["defences"]["argd-reference"]["params"]["lr_schedule"] == "step"
+    assert row["defenses"]["argd-reference"]["params"]["lr_schedule"] == "step"
     # The baselines at their published settings: NAD from a plainly fine-tuned teacher, FST without weight
     # decay, FT-SAM with its radius and label smoothing.
-    assert row["defences"]["nad"]["params"]["teacher"] == "finetune"
-    assert row["defences"]["fst"]["params"]["method"] == "fst"
-    assert row["defences"]["ft-sam"]["params"]["sam_rho"] == 2.0
+    assert row["defenses"]["nad"]["params"]["teacher"] == "finetune"
+    assert row["defenses"]["fst"]["params"]["method"] == "fst"
+    assert row["defenses"]["ft-sam"]["params"]["sam_rho"] == 2.0
     # ARGD's term magnitudes are recorded beside the cross-entropy.
-    assert set(row["defences"]["argd"]["term_scales"]["first_epoch"]) == {
+    assert set(row["defenses"]["argd"]["term_scales"]["first_epoch"]) == {
         "ce", "node", "edge", "emb", "logit", "head"
     }  # fmt: skip
-    assert row["defences"]["nad"]["term_scales"]["first_epoch"]["edge"] == 0.0
+    assert row["defenses"]["nad"]["term_scales"]["first_epoch"]["edge"] == 0.0
     # The retuning attack ran on every cleansed model and on the clean model (the floor).
     assert 0.0 <= row["retune_floor"]["asr"] <= 1.0
-    assert all(0.0 <= d["retune"]["asr"] <= 1.0 for d in row["defences"].values())
-    # Seeds: the repeated defences ran once per seed, with mean and spread over the runs.
+    assert all(0.0 <= d["retune"]["asr"] <= 1.0 for d in row["defenses"].values())
+    # Seeds: the repeated defenses ran once per seed, with mean and spread over the runs.
     assert set(row["seeds"]) == {"fst", "argd"}
     argd_seeds = row["seeds"]["argd"]
     assert argd_seeds["seeds"] == [0, 1]
     assert argd_seeds["asr"]["min"] <= argd_seeds["asr"]["mean"] <= argd_seeds["asr"]["max"]
-    assert argd_seeds["asr"]["min"] <= row["defences"]["argd"]["asr"] <= argd_seeds["asr"]["max"]
-    assert row["defences"]["argd"]["wall_seconds"] > 0
+    assert argd_seeds["asr"]["min"] <= row["defenses"]["argd"]["asr"] <= argd_seeds["asr"]["max"]
+    assert row["defenses"]["argd"]["wall_seconds"] > 0
     # Ablations: each requested variant has a badnets entry with its override applied.
     assert set(results["ablations"]) == {"no-edge", "uniform-beta"}
     assert results["ablations"]["no-edge"]["attacks"]["badnets"]["params"]["w_edge"] == 0.0
@@ -114,19 +114,19 @@ def test_defense_end_to_end_on_fashion_mnist(tmp_path: Path, capsys: pytest.Capt
     _, again = _read(out)
     assert again["attacks"]["badnets"]["backdoor"]["cached"] is True
     assert again["attacks"]["badnets"]["backdoor"]["asr"] == row["backdoor"]["asr"]
-    assert set(again["attacks"]["badnets"]["defences"]) == {"finetune", "nad", "fst", "ft-sam", "argd"}
+    assert set(again["attacks"]["badnets"]["defenses"]) == {"finetune", "nad", "fst", "ft-sam", "argd"}
 
 
 @pytest.mark.skipif(not HAVE_FMNIST, reason="Fashion-MNIST (dataset-fashion-mnist) not installed")
 def test_defense_quick_is_the_smoke_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """`argd bench defense --quick` as documented: its attacks, all five defences, a real backdoor."""
+    """`argd bench defense --quick` as documented: its attacks, all five defenses, a real backdoor."""
     out = tmp_path / "quick"
     assert main(["defense", "--quick", "--out", str(out), "--cache-dir", str(tmp_path / "cache")]) == 0
     markdown, results = _read(out)
     assert tuple(results["attacks"]) == QUICK_ATTACKS
     assert results["settings"]["quick"] is True and results["settings"]["train_images"] == 4000
     for attack, row in results["attacks"].items():
-        assert set(row["defences"]) == {"finetune", "nad", "fst", "ft-sam", "argd"}, attack
+        assert set(row["defenses"]) == {"finetune", "nad", "fst", "ft-sam", "argd"}, attack
         assert f"| {attack} |" in markdown
     # Even three epochs on 4,000 images implant BadNets: the smoke run measures a real backdoor.
     assert results["attacks"]["badnets"]["backdoor"]["asr"] > 0.8
@@ -184,15 +184,35 @@ def test_defense_on_npz_dataset_with_another_architecture(tmp_path: Path) -> Non
     assert main(["merge", str(out), str(part), "--out", str(tmp_path / "bad")]) == 2
     assert results["attacks"]["blend@0.1"]["backdoor"]["poisoned_images"] == 30  # the row's own rate
     assert results["attacks"]["blend@0.1"]["backdoor"]["rate"] == 0.1
-    assert set(results["attacks"]["blend"]["defences"]) == {
+    assert set(results["attacks"]["blend"]["defenses"]) == {
         "finetune", "nad", "fst", "ft-sam", "argd", "argd-reference"
     }  # fmt: skip
+
+
+def test_merge_reads_old_results_with_the_british_keys(tmp_path: Path) -> None:
+    """The checked-in results predate the one spelling ("defences"); merge reads them, writes "defenses"."""
+    old = json.loads((Path(__file__).resolve().parents[2] / "bench/results/defense.json").read_text())
+    assert "defences" in old["settings"] and all("defences" in row for row in old["attacks"].values())
+    rows = list(old["attacks"])
+    parts = [tmp_path / "a", tmp_path / "b"]
+    for part, names in zip(parts, (rows[:2], rows[2:]), strict=True):
+        part.mkdir()
+        piece = {**old, "attacks": {name: old["attacks"][name] for name in names}}
+        (part / "defense.json").write_text(json.dumps(piece))
+    assert main(["merge", *map(str, parts), "--out", str(tmp_path / "merged")]) == 0
+    markdown, merged = _read(tmp_path / "merged")
+    assert list(merged["attacks"]) == rows
+    assert merged["settings"]["defenses"] == old["settings"]["defences"]
+    for name, row in merged["attacks"].items():
+        assert "defences" not in row and row["defenses"] == old["attacks"][name]["defences"]
+    assert merged["summary"]["argd"]["asr"] == pytest.approx(old["summary"]["argd"]["asr"])
+    assert "| ARGD |" in markdown and "| wanet |" in markdown
 
 
 BAD_ARGUMENTS = [
     (["--attacks", "badnets,nosuch"], "nosuch"),
     (["--ablations", "bogus"], "bogus"),
-    (["--defences", "argd,magic"], "magic"),
+    (["--defenses", "argd,magic"], "magic"),
     (["--set", "lr=-1"], "lr"),
     (["--attack-set", "sig.delta=-3"], "delta"),
     (["--attack-set", "sigdelta=3"], "ATTACK.KEY=VALUE"),
@@ -201,7 +221,7 @@ BAD_ARGUMENTS = [
     (["--attack-set", "cl.rate=1.5"], "rate"),
     (["--attacks", "badnets@1.5"], "poisoning rate must be in (0, 1]"),
     (["--attacks", "badnets@many"], "must be a number"),
-    (["--seed-defences", "argd,magic"], "magic"),
+    (["--seed-defenses", "argd,magic"], "magic"),
 ]
 
 
@@ -227,13 +247,13 @@ def test_clean_subset_avoids_poisoned_images() -> None:
 
 def test_ablation_overrides_apply_to_argd_params() -> None:
     config = DefenseConfig(epochs=4, teacher_epochs=2)
-    base = defence_params(config, "argd", levels=3)
-    half = defence_params(config, "argd", levels=3, **ABLATIONS["node-x0.5"][1])
-    frozen = defence_params(config, "argd", levels=3, **ABLATIONS["frozen-embedding"][1])
+    base = defense_params(config, "argd", levels=3)
+    half = defense_params(config, "argd", levels=3, **ABLATIONS["node-x0.5"][1])
+    frozen = defense_params(config, "argd", levels=3, **ABLATIONS["frozen-embedding"][1])
     assert half.w_node == pytest.approx(base.w_node / 2)
     assert frozen.embedding_trainable is False and base.embedding_trainable is True
     assert base.epochs == 4 and base.teacher_epochs == 2
-    ft = defence_params(config, "finetune", levels=3)
+    ft = defense_params(config, "finetune", levels=3)
     assert ft.effective_weights() == {"node": 0.0, "edge": 0.0, "emb": 0.0, "logit": 0.0}
     assert (ft.lr, ft.lr_schedule, ft.epochs) == (base.lr, base.lr_schedule, base.epochs)
 

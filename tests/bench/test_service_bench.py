@@ -15,13 +15,13 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 
+from argd.bench.apiserver import DEFAULT_ADMIN_URL
+from argd.bench.cli import main
+from argd.bench.multipart import MIB, UploadBody
+from argd.bench.stats import percentile
+from argd.bench.upload_memory import run_upload_memory
 from argd.core.data import load_dataset_with_info
 from argd.persistence.throwaway import postgres_unavailable
-from bench.apiserver import DEFAULT_ADMIN_URL
-from bench.cli import main
-from bench.multipart import MIB, UploadBody
-from bench.stats import percentile
-from bench.upload_memory import run_upload_memory
 
 
 @pytest.fixture(scope="module")

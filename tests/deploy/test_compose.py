@@ -187,7 +187,7 @@ def test_image_keeps_the_migrations_beside_the_package(dockerfile: list[str]) ->
         for line in (ROOT / ".dockerignore").read_text().splitlines()
         if line.strip() and not line.startswith("#")
     }
-    for needed in ("migrations", "argd", "bench", "pyproject.toml", "README.md"):
+    for needed in ("migrations", "argd", "pyproject.toml", "README.md"):
         assert needed not in ignored, f".dockerignore drops {needed}, which the image needs"
     for secret_or_bulk in (".git", ".venv", ".env", "argd-data"):
         assert secret_or_bulk in ignored

@@ -1,4 +1,4 @@
-"""Backdoor attacks for benchmarking defences and for the demo: they poison uint8 images of any shape.
+"""Backdoor attacks for benchmarking defenses and for the demo: they poison uint8 images of any shape.
 
 `make_attack("badnets", target=0, rate=0.1, seed=0)` builds one by name; every attack offers `apply`,
 `poison_train`, `poison_eval` and `target_for` (see `base.Attack` for the conventions: rate, all-to-one /

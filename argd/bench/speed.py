@@ -27,15 +27,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from argd.bench.report import write_speed_report
 from argd.core.architectures import build_model
 from argd.core.data import ImageData, load_dataset, load_fashion_mnist
 from argd.core.device import autocast, resolve_device
 from argd.core.errors import InvalidInput
-from argd.core.features import FeatureTap
 from argd.core.params import CleanseParams
 from argd.core.spec import ModelSpec
-from argd.core.trainer import Trainer
-from bench.report import write_speed_report
+from argd.core.trainer import LOSS_NAMES, Trainer
 
 METHODS = ("bare", "finetune", "nad", "argd")
 
@@ -86,18 +85,18 @@ class BareTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.bare_teacher = bare_teacher.eval().requires_grad_(False)
 
-    def _step(
-        self, x: torch.Tensor, y: torch.Tensor, student_tap: FeatureTap | None, teacher_tap: FeatureTap | None
-    ) -> torch.Tensor:
+    def _step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         with autocast(self.device, self.amp_dtype):
             logits = self.model(x)
             with torch.no_grad():
                 self.bare_teacher(x)
             loss = F.cross_entropy(logits.float(), y)
-        self._optimise(loss)
-        detached = loss.detach()
-        zero = detached.new_zeros(())
-        return torch.stack([detached, zero, zero, zero, detached])
+        self._backward(loss)
+        self._apply_step()
+        # The LOSS_NAMES values: the cross-entropy is the only term, so it is also the total.
+        values = loss.detach().new_zeros(len(LOSS_NAMES))
+        values[LOSS_NAMES.index("ce")] = values[LOSS_NAMES.index("total")] = loss.detach()
+        return values
 
 
 def _load_images(config: SpeedConfig) -> ImageData:
@@ -163,13 +162,20 @@ def run_speed(config: SpeedConfig) -> dict[str, Any]:
             overrides["batch_size"] = config.batch_size
         params = CleanseParams.preset(config.preset, **overrides)
         student = copy.deepcopy(base).train()
-        common = {"phase": "distill", "device": device}
         if method == "bare":
-            trainers[method] = BareTrainer(student, on_device, spec, params, bare_teacher=teacher, **common)
+            trainers[method] = BareTrainer(
+                student, on_device, spec, params, phase="distill", device=device, bare_teacher=teacher
+            )
         else:
             needs = params.needs_teacher
             trainers[method] = Trainer(
-                student, on_device, spec, params, teacher=teacher if needs else None, **common
+                student,
+                on_device,
+                spec,
+                params,
+                phase="distill",
+                device=device,
+                teacher=teacher if needs else None,
             )
 
     print(

@@ -1,7 +1,8 @@
 """The command line of the service benchmarks: `argd bench api-latency` and `argd bench upload-memory`.
 
-`bench.cli` adds these subcommands to `argd bench`; the work is in `bench.latency` and
-`bench.upload_memory`, on a real API server, a throw-away Postgres database and a temporary data directory.
+`argd.bench.cli` adds these subcommands to `argd bench`; the work is in `argd.bench.latency` and
+`argd.bench.upload_memory`, on a real API server, a throw-away Postgres database and a temporary data
+directory.
 """
 
 from __future__ import annotations
@@ -12,11 +13,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from argd.bench.apiserver import DEFAULT_ADMIN_URL
+from argd.bench.latency import latency_markdown, run_latency
+from argd.bench.stats import write_result
+from argd.bench.upload_memory import run_upload_memory, upload_markdown
 from argd.cli.argtypes import positive_float, positive_int
-from bench.apiserver import DEFAULT_ADMIN_URL
-from bench.latency import latency_markdown, run_latency
-from bench.stats import write_result
-from bench.upload_memory import run_upload_memory, upload_markdown
 
 
 def add_latency_arguments(parser: argparse.ArgumentParser) -> None:

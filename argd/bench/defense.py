@@ -2,15 +2,15 @@
 
 For every row (an attack, or an attack at its own poisoning rate such as `badnets@0.01`): a backdoored model
 is trained with augmentation (or loaded from the cache), a clean subset is drawn (seeded) from the training
-images the attack left untouched, and every defence runs through the engine's `run_cleanse` on that same
+images the attack left untouched, and every defense runs through the engine's `run_cleanse` on that same
 subset, with the same seed and epoch budget, and is evaluated on the same clean test set (ACC) and triggered
 non-target test set (ASR). The baselines are the same trainer at their published settings: plain fine-tuning,
 NAD (a fine-tuned teacher, node term only), FST and FT-SAM.
 
-Then every cleansed model, and the clean model as the floor, faces the retuning attack (`bench.retune`): a
-short fine-tuning with five poisoned images mixed in, after which the ASR is measured again. With `--seeds`,
-the defences of `--seed-defences` run again with each further seed (same victims, same clean subset), and the
-tables give the mean and the spread.
+Then every cleansed model, and the clean model as the floor, faces the retuning attack
+(`argd.bench.retune`): a short fine-tuning with five poisoned images mixed in, after which the ASR is measured
+again. With `--seeds`, the defenses of `--seed-defenses` run again with each further seed (same victims, same
+clean subset), and the tables give the mean and the spread.
 
 Runs that share a teacher recipe share the teacher: it depends only on the teacher settings, the seed and the
 clean subset, so it is made once per row and settings and handed to each run (the result is what each run
@@ -25,6 +25,7 @@ import json
 import math
 import platform
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
@@ -35,6 +36,19 @@ from pydantic import ValidationError
 from torch import nn
 
 import argd
+from argd.bench.attacks import ALL_ATTACKS, QUICK_ATTACKS
+from argd.bench.backdoor import (
+    ATTACK_SETTINGS,
+    TrainSettings,
+    Victim,
+    data_fingerprint,
+    default_cache_dir,
+    train_backdoored,
+    train_clean,
+)
+from argd.bench.report import summarise, write_defense_report
+from argd.bench.retune import retune_asr, split_retune_images
+from argd.bench.speed import device_description
 from argd.core.architectures import build_model
 from argd.core.attacks import ATTACKS, make_attack
 from argd.core.data import ImageData, load_dataset, load_fashion_mnist
@@ -46,19 +60,6 @@ from argd.core.params import CleanseParams
 from argd.core.pipeline import ProgressEvent, run_cleanse, split_validation
 from argd.core.spec import ModelSpec
 from argd.core.trainer import Trainer
-from bench.attacks import ALL_ATTACKS, QUICK_ATTACKS
-from bench.backdoor import (
-    ATTACK_SETTINGS,
-    TrainSettings,
-    Victim,
-    data_fingerprint,
-    default_cache_dir,
-    train_backdoored,
-    train_clean,
-)
-from bench.report import summarise, write_defense_report
-from bench.retune import retune_asr, split_retune_images
-from bench.speed import device_description
 
 #: ARGD variants for the ablation switches: name -> (description, CleanseParams overrides on ARGD's params).
 ABLATIONS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -82,7 +83,7 @@ ABLATIONS: dict[str, tuple[str, dict[str, Any]]] = {
     "keep-head": ("the student keeps the uploaded head (no FST head term)", {"student_head": "keep"}),
     "teacher-finetune": ("teacher fine-tuned with cross-entropy instead of FST", {"teacher": "finetune"}),
 }
-DEFENCES = ("finetune", "nad", "fst", "ft-sam", "argd")
+DEFENSES = ("finetune", "nad", "fst", "ft-sam", "argd")
 #: The baselines' published settings where they differ from the shared defaults: NAD distils from a
 #: teacher fine-tuned for 5 epochs into a student that keeps its head (Li et al., ICLR 2021).
 BASELINE_SETTINGS: dict[str, dict[str, Any]] = {
@@ -90,8 +91,8 @@ BASELINE_SETTINGS: dict[str, dict[str, Any]] = {
 }
 #: Rows at a low poisoning rate, where plain fine-tuning fails most (FST's paper).
 LOW_RATE_ROWS = ("badnets@0.01", "blend@0.01")
-#: Defences that run on every seed of `--seeds` (the default ARGD and the two strongest baselines).
-SEED_DEFENCES = ("argd", "fst", "ft-sam")
+#: Defenses that run on every seed of `--seeds` (the default ARGD and the two strongest baselines).
+SEED_DEFENSES = ("argd", "fst", "ft-sam")
 #: Attacks whose trigger is a local patch (the retuning target compares these with the clean floor).
 PATCH_ATTACKS = ("badnets", "trojan", "cl")
 DEFAULT_ABLATIONS = ("no-attention", "no-logit", "keep-head", "no-edge")
@@ -121,7 +122,7 @@ TEACHER_FIELDS = (
 
 @dataclass
 class DefenseConfig:
-    """Every setting of a defence benchmark run (all of it goes into the JSON)."""
+    """Every setting of a defense benchmark run (all of it goes into the JSON)."""
 
     out: Path = Path("bench-results/defense")
     attacks: list[str] = field(default_factory=lambda: [*ALL_ATTACKS, *LOW_RATE_ROWS])
@@ -139,7 +140,7 @@ class DefenseConfig:
     clean_size: int | None = None
     seed: int = 0
     backdoor: TrainSettings = field(default_factory=TrainSettings)
-    defences: list[str] = field(default_factory=lambda: list(DEFENCES))
+    defenses: list[str] = field(default_factory=lambda: list(DEFENSES))
     preset: str = "default"
     overrides: dict[str, Any] = field(default_factory=dict)
     epochs: int | None = None
@@ -154,7 +155,7 @@ class DefenseConfig:
     quick: bool = False
     retune: bool = True
     seeds: list[int] = field(default_factory=list)
-    seed_defences: list[str] = field(default_factory=lambda: list(SEED_DEFENCES))
+    seed_defenses: list[str] = field(default_factory=lambda: list(SEED_DEFENSES))
 
 
 def split_row(row: str) -> tuple[str, float | None]:
@@ -245,7 +246,7 @@ def config_from_args(args: argparse.Namespace) -> DefenseConfig:
         clean_size=args.clean_size or (400 if quick else None),
         seed=args.seed,
         backdoor=backdoor,
-        defences=list(args.defences or DEFENCES),
+        defenses=list(args.defenses or DEFENSES),
         preset=args.preset,
         overrides=dict(_parse_override(t) for t in args.overrides),
         epochs=args.epochs or (3 if quick else None),
@@ -260,7 +261,7 @@ def config_from_args(args: argparse.Namespace) -> DefenseConfig:
         quick=quick,
         retune=bool(args.retune),
         seeds=list(args.seeds or []),
-        seed_defences=list(args.seed_defences or SEED_DEFENCES),
+        seed_defenses=list(args.seed_defenses or SEED_DEFENSES),
     )
     validate(config)
     return config
@@ -282,23 +283,23 @@ def validate(config: DefenseConfig) -> None:
             make_attack(split_row(row)[0], rate=attack_rate(config, row), **attack_kwargs(config, row))
         except (TypeError, ValueError) as exc:
             raise InvalidInput(f"bad --attack-set value for {row}: {exc}") from exc
-    unknown = [d for d in config.defences if d not in DEFENCES]
+    unknown = [d for d in config.defenses if d not in DEFENSES]
     if unknown:
-        raise InvalidInput(f"unknown defence(s) {', '.join(unknown)}; known: {', '.join(DEFENCES)}")
-    unknown = [d for d in config.seed_defences if d not in DEFENCES]
+        raise InvalidInput(f"unknown defense(s) {', '.join(unknown)}; known: {', '.join(DEFENSES)}")
+    unknown = [d for d in config.seed_defenses if d not in DEFENSES]
     if unknown:
-        raise InvalidInput(f"unknown --seed-defences {', '.join(unknown)}; known: {', '.join(DEFENCES)}")
+        raise InvalidInput(f"unknown --seed-defenses {', '.join(unknown)}; known: {', '.join(DEFENSES)}")
     unknown = [a for a in config.ablations if a not in ABLATIONS]
     if unknown:
         raise InvalidInput(f"unknown ablation(s) {', '.join(unknown)}; known: {', '.join(ABLATIONS)}")
     try:
-        defence_params(config, "argd")  # validates the preset and the overrides
+        defense_params(config, "argd")  # validates the preset and the overrides
     except (ValidationError, ValueError) as exc:
         errors = exc.errors() if isinstance(exc, ValidationError) else None
         detail = (
             "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors) if errors else str(exc)
         )
-        raise InvalidInput(f"bad defence parameters (--preset / --set): {detail}") from exc
+        raise InvalidInput(f"bad defense parameters (--preset / --set): {detail}") from exc
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -367,10 +368,10 @@ def clean_subset(train: ImageData, excluded: torch.Tensor | None, size: int, see
     return train.subset(candidates[order[:size]].sort().values)
 
 
-# ------------------------------------------------------------------------------------------ defences
+# ------------------------------------------------------------------------------------------ defenses
 
 
-def defence_params(
+def defense_params(
     config: DefenseConfig,
     method: str,
     preset: str | None = None,
@@ -379,7 +380,7 @@ def defence_params(
     levels: int | None = None,
     **extra: Any,
 ) -> CleanseParams:
-    """CleanseParams of one defence: the preset, the run's overrides and epoch budget, then `extra`.
+    """CleanseParams of one defense: the preset, the run's overrides and epoch budget, then `extra`.
 
     Pseudo-fields act on the resolved values: `<field>_scale` multiplies a numeric field (e.g.
     `w_node_scale: 2` doubles the preset's node weight), and `beta_uniform` replaces the per-level node
@@ -478,7 +479,7 @@ def _epoch_logger(log: Any, label: str) -> Any:
     return progress
 
 
-def run_defence(
+def run_one_defense(
     name: str,
     params: CleanseParams,
     victim: Victim,
@@ -493,7 +494,9 @@ def run_defence(
 ) -> dict[str, Any]:
     """One `run_cleanse` call; returns its metrics, timings, term magnitudes and effective parameters, and,
     with `retune` (cleansed model -> {"asr", "seconds"}), the retuning attack's result."""
-    teacher, teacher_seconds, teacher_history = (None, 0.0, [])
+    teacher: nn.Module | None = None
+    teacher_seconds = 0.0
+    teacher_history: list[dict[str, Any]] = []
     if params.needs_teacher:
         teacher, teacher_seconds, teacher_history = teachers.get(params, label)
     # The shared teacher goes in as an uploaded one: exactly what this run would have made for itself.
@@ -559,7 +562,7 @@ def run_defence(
 
 def seed_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Mean, population standard deviation, min and max of ACC, ASR, retuned ASR and wall time over the
-    runs of one defence on one row (one run per seed)."""
+    runs of one defense on one row (one run per seed)."""
 
     def stats(values: list[float]) -> dict[str, float]:
         mean = sum(values) / len(values)
@@ -605,14 +608,14 @@ def target_checks(results: dict[str, Any]) -> list[dict[str, Any]]:
     erased = [
         a
         for a, r in attacks.items()
-        if "finetune" in r["defences"] and r["defences"]["finetune"]["asr"] <= 0.05
+        if "finetune" in r["defenses"] and r["defenses"]["finetune"]["asr"] <= 0.05
     ]
     add(
         "no backdoor erased by plain fine-tuning (FT ASR > 5 %)",
         not erased,
         "erased: " + (", ".join(erased) or "none"),
     )
-    argd = {a: r["defences"]["argd"] for a, r in attacks.items() if "argd" in r["defences"]}
+    argd = {a: r["defenses"]["argd"] for a, r in attacks.items() if "argd" in r["defenses"]}
     if not argd:
         return checks
     above2 = {a: m["asr"] for a, m in argd.items() if m["asr"] > 0.02}
@@ -649,12 +652,12 @@ def target_checks(results: dict[str, Any]) -> list[dict[str, Any]]:
                 f"ASR {pct(a['asr'])} vs {pct(b['asr'])}, ACC {pct(a['acc'])} vs {pct(b['acc'])}",
             )
     retuned = {
-        a: (r["defences"]["argd"].get("retune") or {}).get("asr")
+        a: (r["defenses"]["argd"].get("retune") or {}).get("asr")
         for a, r in attacks.items()
-        if "argd" in r["defences"]
+        if "argd" in r["defenses"]
     }
     if all(v is not None for v in retuned.values()):
-        fst = [(r["defences"].get("fst", {}).get("retune") or {}).get("asr") for r in attacks.values()]
+        fst = [(r["defenses"].get("fst", {}).get("retune") or {}).get("asr") for r in attacks.values()]
         if fst and all(v is not None for v in fst):
             mine, theirs = sum(retuned.values()) / len(retuned), sum(fst) / len(fst)  # type: ignore[arg-type]
             add(
@@ -662,18 +665,76 @@ def target_checks(results: dict[str, Any]) -> list[dict[str, Any]]:
                 mine < theirs,
                 f"{pct(mine)} vs {pct(theirs)}",
             )
-        far = {
+        patch_rows = {
             a: (v, (attacks[a].get("retune_floor") or {}).get("asr"))
             for a, v in retuned.items()
             if split_row(a)[0] in PATCH_ATTACKS
         }
-        off = {a: (v, f) for a, (v, f) in far.items() if f is None or v is None or v - f > 0.10}
+        off = {a: (v, f) for a, (v, f) in patch_rows.items() if f is None or v is None or v - f > 0.10}
         add(
             "ARGD retuned ASR within 10 points of the clean model's floor on the patch attacks",
             not off,
-            ", ".join(f"{a} {pct(v)} vs floor {pct(f)}" for a, (v, f) in far.items()) or "no patch rows",
+            ", ".join(f"{a} {pct(v)} vs floor {pct(f)}" for a, (v, f) in patch_rows.items())
+            or "no patch rows",
         )
     return checks
+
+
+#: Keys of older `defense.json` files (British spelling) -> today's, in the settings and in every row.
+_OLD_KEYS = {"defences": "defenses", "seed_defences": "seed_defenses"}
+
+
+def _with_current_keys(results: dict[str, Any]) -> dict[str, Any]:
+    """A loaded `defense.json` with the keys of older files renamed, so old and new files read alike."""
+
+    def renamed(mapping: dict[str, Any]) -> dict[str, Any]:
+        return {_OLD_KEYS.get(key, key): value for key, value in mapping.items()}
+
+    return {
+        **results,
+        "settings": renamed(results["settings"]),
+        "attacks": {attack: renamed(row) for attack, row in results["attacks"].items()},
+    }
+
+
+def merge_defense_reports(parts: Sequence[Path], out: Path) -> dict[str, Path]:
+    """Join `defense.json` of runs over different rows into one report in `out`.
+
+    The runs must share their settings apart from the rows and the timings; the first run's settings are
+    kept, with every row in the order the parts list them, and the target checks recomputed. Older files
+    (rows under "defences") are read too; the merged report uses today's keys.
+    """
+    loaded = []
+    for part in parts:
+        path = part / "defense.json"
+        if not path.is_file():
+            raise InvalidInput(f"{path} is missing: not the result folder of `argd bench defense`")
+        loaded.append(_with_current_keys(json.loads(path.read_text())))
+    first = loaded[0]
+    ignored = {"attacks", "out", "total_seconds"}
+    for other, part in zip(loaded[1:], parts[1:], strict=True):
+        a = {k: v for k, v in first["settings"].items() if k not in ignored}
+        b = {k: v for k, v in other["settings"].items() if k not in ignored}
+        if a != b:
+            differ = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+            raise InvalidInput(f"{part} was run with other settings ({', '.join(differ)}); cannot merge")
+    merged: dict[str, Any] = {**first, "attacks": {}, "ablations": {}}
+    for result in loaded:
+        for attack, row in result["attacks"].items():
+            if attack in merged["attacks"]:
+                raise InvalidInput(f"row {attack} appears in more than one part")
+            merged["attacks"][attack] = row
+        for name, variant in (result.get("ablations") or {}).items():
+            entry = merged["ablations"].setdefault(name, {**variant, "attacks": {}})
+            entry["attacks"].update(variant["attacks"])
+    merged["settings"] = {
+        **first["settings"],
+        "attacks": list(merged["attacks"]),
+        "merged_from": [str(p) for p in parts],
+        "total_seconds": [r["settings"].get("total_seconds") for r in loaded],
+    }
+    merged["checks"] = target_checks(merged)
+    return write_defense_report(merged, out)
 
 
 # ------------------------------------------------------------------------------------------------ run
@@ -690,10 +751,10 @@ def _logger(prefix_time: float) -> Any:
     return log
 
 
-def run_defense(config: DefenseConfig, memo: dict[str, Any] | None = None) -> dict[str, Any]:
+def run_defense_benchmark(config: DefenseConfig, memo: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run the whole benchmark and write the reports; returns the results dictionary.
 
-    `memo` (shared across calls by `argd bench tune`) maps a defence run's identity (victim, data sizes,
+    `memo` (shared across calls by `argd bench tune`) maps a defense run's identity (victim, data sizes,
     effective parameters; the teacher settings left out for plain fine-tuning, which has no teacher) to its
     result row, and keeps the fine-tuned teachers, so a grid of settings never repeats an identical run.
     """
@@ -730,9 +791,9 @@ def run_defense(config: DefenseConfig, memo: dict[str, Any] | None = None) -> di
 
     levels = len(resolve_feature_layers(build_model(spec), spec))
     shape: dict[str, Any] = {"spec": spec, "levels": levels}
-    params = {method: defence_params(config, method, **shape) for method in config.defences}
+    params = {method: defense_params(config, method, **shape) for method in config.defenses}
     if config.reference:
-        params["argd-reference"] = defence_params(config, "argd", preset="reference", **shape)
+        params["argd-reference"] = defense_params(config, "argd", preset="reference", **shape)
 
     results: dict[str, Any] = {
         "settings": {
@@ -780,7 +841,7 @@ def run_defense(config: DefenseConfig, memo: dict[str, Any] | None = None) -> di
         if memo is not None and key in memo:
             log(f"{label} {name}: same run as before, result reused")
             return copy.deepcopy(memo[key])
-        row = run_defence(name, p, victim, spec, clean, test, teachers, config, label, log, retune)
+        row = run_one_defense(name, p, victim, spec, clean, test, teachers, config, label, log, retune)
         if memo is not None:
             memo[key] = copy.deepcopy(row)
         return row
@@ -835,7 +896,7 @@ def run_defense(config: DefenseConfig, memo: dict[str, Any] | None = None) -> di
                 "train_seconds": victim.meta.get("seconds"),
                 "eval_images": len(victim.eval_set),
             },
-            "defences": {},
+            "defenses": {},
         }
         retune = None
         if config.retune:
@@ -855,12 +916,12 @@ def run_defense(config: DefenseConfig, memo: dict[str, Any] | None = None) -> di
             row["retune_floor"] = retune(clean_victim.model)
             log(f"{label} clean model after retuning: ASR {_pct(row['retune_floor']['asr'])} %")
         for name, p in params.items():
-            row["defences"][name] = defend(name, p, victim, clean, teachers, label, retune)
+            row["defenses"][name] = defend(name, p, victim, clean, teachers, label, retune)
         extra_seeds = [seed for seed in config.seeds if seed != config.seed]
         if extra_seeds:
             row["seeds"] = {}
-            for name in [d for d in config.seed_defences if d in params]:
-                runs = [row["defences"][name]]
+            for name in [d for d in config.seed_defenses if d in params]:
+                runs = [row["defenses"][name]]
                 for seed in extra_seeds:
                     p = CleanseParams.model_validate({**params[name].model_dump(), "seed": seed})
                     runs.append(defend(name, p, victim, clean, teachers, f"{label}[seed {seed}]", retune))
@@ -868,7 +929,7 @@ def run_defense(config: DefenseConfig, memo: dict[str, Any] | None = None) -> di
         results["attacks"][attack] = row
         if attack in config.ablation_attacks:
             for name, entry in ablation_rows.items():
-                variant = defence_params(config, "argd", **shape, **ABLATIONS[name][1])
+                variant = defense_params(config, "argd", **shape, **ABLATIONS[name][1])
                 entry["attacks"][attack] = defend(f"argd[{name}]", variant, victim, clean, teachers, label)
         # Write after every attack so an interrupted run still leaves its finished rows.
         snapshot = {**results, "ablations": ablation_rows, "checks": target_checks(results)}

@@ -1,7 +1,7 @@
 """The retuning attack (Min et al., NeurIPS 2024, "superficial safety"): does a cleansed model relearn its
 backdoor from a handful of poisoned images?
 
-A defence can hide a backdoor instead of removing it: the trigger's path survives, merely switched off, and a
+A defense can hide a backdoor instead of removing it: the trigger's path survives, merely switched off, and a
 few steps on a few poisoned images switch it back on. The attack fine-tunes the cleansed model for 5 epochs at
 lr 0.01 (no weight decay) on the clean subset with 5 triggered images labelled as the target mixed in, then
 measures the ASR again. The same attack on the clean model (which never had a backdoor) is the floor: what
@@ -10,7 +10,7 @@ five images teach any model from scratch.
 The five images are triggered test images (non-target classes) taken out of the evaluation set, so the ASR
 after the attack is measured on images the attack did not train on. They carry the very trigger the victim
 was trained with (including Trojan's fitted patch and CL's stamps), which a re-built training poison could
-not promise for every attack. No defence sees them: the attack runs after the cleanse.
+not promise for every attack. No defense sees them: the attack runs after the cleanse.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Writing benchmark results: a Markdown table for people, JSON for machines, a PNG chart for the README.
 
-The result dictionary is produced by `bench.defense` / `bench.speed`; this module only formats it, so the
-same results can be re-rendered without re-running anything (`write_defense_report` is pure I/O).
+The result dictionary is produced by `argd.bench.defense` / `argd.bench.speed`; this module only formats it,
+so the same results can be re-rendered without re-running anything (`write_defense_report` is pure I/O).
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-# Display names of the defence columns, in table order. Keys are the method ids used in the results.
-DEFENCE_LABELS: dict[str, str] = {
+# Display names of the defense columns, in table order. Keys are the method ids used in the results.
+DEFENSE_LABELS: dict[str, str] = {
     "finetune": "Fine-tuning",
     "nad": "NAD",
     "fst": "FST",
@@ -36,15 +36,15 @@ def _cell(metrics: dict[str, Any] | None) -> str:
     return f"{_pct(metrics.get('acc'))} / {_pct(metrics.get('asr'))}"
 
 
-def defence_columns(results: dict[str, Any]) -> list[str]:
-    """The defences present in the results, in display order (known ones first, then any others)."""
+def defense_columns(results: dict[str, Any]) -> list[str]:
+    """The defenses present in the results, in display order (known ones first, then any others)."""
     seen: list[str] = []
     for attack in results["attacks"].values():
-        for name in attack.get("defences", {}):
+        for name in attack.get("defenses", {}):
             if name not in seen:
                 seen.append(name)
-    known = [name for name in DEFENCE_LABELS if name in seen]
-    return known + [name for name in seen if name not in DEFENCE_LABELS]
+    known = [name for name in DEFENSE_LABELS if name in seen]
+    return known + [name for name in seen if name not in DEFENSE_LABELS]
 
 
 def _mean(values: Sequence[float | None]) -> float | None:
@@ -53,7 +53,7 @@ def _mean(values: Sequence[float | None]) -> float | None:
 
 
 def summarise(results: dict[str, Any]) -> dict[str, dict[str, float | None]]:
-    """Mean ACC, ASR and DER per defence (and for the backdoored models) over the attacks."""
+    """Mean ACC, ASR and DER per defense (and for the backdoored models) over the attacks."""
     attacks = list(results["attacks"].values())
     summary: dict[str, dict[str, float | None]] = {
         "before": {
@@ -61,24 +61,24 @@ def summarise(results: dict[str, Any]) -> dict[str, dict[str, float | None]]:
             "asr": _mean([a["backdoor"].get("asr") for a in attacks]),
         }
     }
-    for name in defence_columns(results):
-        rows = [a["defences"][name] for a in attacks if name in a.get("defences", {})]
+    for name in defense_columns(results):
+        rows = [a["defenses"][name] for a in attacks if name in a.get("defenses", {})]
         summary[name] = {key: _mean([r.get(key) for r in rows]) for key in ("acc", "asr", "ra", "der")}
     return summary
 
 
 def defense_markdown(results: dict[str, Any]) -> str:
-    """The main table: one row per attack, ACC / ASR before and after each defence, and ARGD's DER."""
-    columns = defence_columns(results)
-    head = ["Attack", "Before"] + [DEFENCE_LABELS.get(c, c) for c in columns] + ["DER (ARGD)"]
+    """The main table: one row per attack, ACC / ASR before and after each defense, and ARGD's DER."""
+    columns = defense_columns(results)
+    head = ["Attack", "Before"] + [DEFENSE_LABELS.get(c, c) for c in columns] + ["DER (ARGD)"]
     lines = [
         "| " + " | ".join(head) + " |",
         "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|",
     ]
     for attack, row in results["attacks"].items():
         cells = [attack, _cell(row["backdoor"])]
-        cells += [_cell(row["defences"].get(c)) for c in columns]
-        cells.append(_pct(row["defences"].get("argd", {}).get("der")))
+        cells += [_cell(row["defenses"].get(c)) for c in columns]
+        cells.append(_pct(row["defenses"].get("argd", {}).get("der")))
         lines.append("| " + " | ".join(cells) + " |")
     summary = summarise(results)
     mean_cells = ["**mean**", _cell(summary["before"])]
@@ -113,23 +113,23 @@ def _table(head: list[str], rows: list[list[str]]) -> str:
 
 def retune_markdown(results: dict[str, Any]) -> str:
     """ASR after the retuning attack: the clean model's floor, then each cleansed model."""
-    columns = defence_columns(results)
+    columns = defense_columns(results)
     rows, floors = [], []
-    per_defence: dict[str, list[float | None]] = {c: [] for c in columns}
+    per_defense: dict[str, list[float | None]] = {c: [] for c in columns}
     for attack, row in results["attacks"].items():
         floor = (row.get("retune_floor") or {}).get("asr")
         floors.append(floor)
         cells = [attack, _pct(row["backdoor"].get("asr")), _pct(floor)]
         for c in columns:
-            value = ((row["defences"].get(c) or {}).get("retune") or {}).get("asr")
-            per_defence[c].append(value)
+            value = ((row["defenses"].get(c) or {}).get("retune") or {}).get("asr")
+            per_defense[c].append(value)
             cells.append(_pct(value))
         rows.append(cells)
     rows.append(
         ["**mean**", _pct(summarise(results)["before"]["asr"]), _pct(_mean(floors))]
-        + [_pct(_mean(per_defence[c])) for c in columns]
+        + [_pct(_mean(per_defense[c])) for c in columns]
     )
-    head = ["Attack", "Before", "Clean model (floor)"] + [DEFENCE_LABELS.get(c, c) for c in columns]
+    head = ["Attack", "Before", "Clean model (floor)"] + [DEFENSE_LABELS.get(c, c) for c in columns]
     return (
         "ASR in % after the retuning attack (5 epochs at lr 0.01 on the clean subset plus 5 triggered "
         "images labelled as the target):\n\n" + _table(head, rows)
@@ -143,7 +143,7 @@ def _spread(stats: dict[str, float] | None) -> str:
 
 
 def seeds_markdown(results: dict[str, Any]) -> str:
-    """Mean ± standard deviation over the seeds of each repeated defence: ACC, ASR, retuned ASR."""
+    """Mean ± standard deviation over the seeds of each repeated defense: ACC, ASR, retuned ASR."""
     names: list[str] = []
     for row in results["attacks"].values():
         for name in row.get("seeds") or {}:
@@ -160,7 +160,7 @@ def seeds_markdown(results: dict[str, Any]) -> str:
             parts = [_spread(entry.get(key)) for key in ("acc", "asr", "retune_asr")]
             cells.append(" / ".join(parts))
         rows.append(cells)
-    head = ["Attack"] + [DEFENCE_LABELS.get(n, n) for n in names]
+    head = ["Attack"] + [DEFENSE_LABELS.get(n, n) for n in names]
     return (
         f"Seeds {', '.join(map(str, seeds or []))} (same victims and clean subset; mean ± standard deviation "
         "in points; cells are ACC / ASR / ASR after retuning, in %):\n\n" + _table(head, rows)
@@ -168,13 +168,13 @@ def seeds_markdown(results: dict[str, Any]) -> str:
 
 
 def wall_time_markdown(results: dict[str, Any]) -> str:
-    """Mean wall time of one cleanse per defence (teacher included, evaluation included)."""
-    columns = defence_columns(results)
+    """Mean wall time of one cleanse per defense (teacher included, evaluation included)."""
+    columns = defense_columns(results)
     cells = []
     for c in columns:
-        times = [(row["defences"].get(c) or {}).get("wall_seconds") for row in results["attacks"].values()]
+        times = [(row["defenses"].get(c) or {}).get("wall_seconds") for row in results["attacks"].values()]
         cells.append("–" if _mean(times) is None else f"{_mean(times):.0f}")
-    head = ["", *[DEFENCE_LABELS.get(c, c) for c in columns]]
+    head = ["", *[DEFENSE_LABELS.get(c, c) for c in columns]]
     return (
         "Wall time of one cleanse in seconds (mean over the rows; teacher and evaluations included):\n\n"
         + _table(head, [["seconds", *cells]])
@@ -204,15 +204,15 @@ def ablation_markdown(ablations: dict[str, Any]) -> str:
 
 
 def defense_chart(results: dict[str, Any], path: Path) -> None:
-    """Grouped bars: ASR (top) and ACC (bottom) per defence for every attack."""
+    """Grouped bars: ASR (top) and ACC (bottom) per defense for every attack."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     attacks = list(results["attacks"])
-    series = ["before", *defence_columns(results)]
-    labels = {"before": "Backdoored", **DEFENCE_LABELS}
+    series = ["before", *defense_columns(results)]
+    labels = {"before": "Backdoored", **DEFENSE_LABELS}
     width = 0.8 / len(series)
     fig, axes = plt.subplots(2, 1, figsize=(max(6.0, 1.3 * len(attacks) + 2.0), 6.5), sharex=True)
     for ax, metric, title in ((axes[0], "asr", "ASR (%)"), (axes[1], "acc", "Clean ACC (%)")):
@@ -220,7 +220,7 @@ def defense_chart(results: dict[str, Any], path: Path) -> None:
             values = []
             for attack in attacks:
                 row = results["attacks"][attack]
-                metrics = row["backdoor"] if name == "before" else row["defences"].get(name, {})
+                metrics = row["backdoor"] if name == "before" else row["defenses"].get(name, {})
                 value = metrics.get(metric)
                 values.append(100.0 * value if value is not None else 0.0)
             xs = [i + (k - (len(series) - 1) / 2) * width for i in range(len(attacks))]
@@ -273,48 +273,6 @@ def write_defense_report(results: dict[str, Any], out: Path) -> dict[str, Path]:
     return paths
 
 
-def merge_defense_reports(parts: Sequence[Path], out: Path) -> dict[str, Path]:
-    """Join `defense.json` of runs over different rows into one report in `out`.
-
-    The runs must share their settings apart from the rows and the timings; the first run's settings are
-    kept, with every row in the order the parts list them, and the target checks recomputed.
-    """
-    from argd.core.errors import InvalidInput
-    from bench.defense import target_checks
-
-    loaded = []
-    for part in parts:
-        path = part / "defense.json"
-        if not path.is_file():
-            raise InvalidInput(f"{path} is missing: not the result folder of `argd bench defense`")
-        loaded.append(json.loads(path.read_text()))
-    first = loaded[0]
-    ignored = {"attacks", "out", "total_seconds"}
-    for other, part in zip(loaded[1:], parts[1:], strict=True):
-        a = {k: v for k, v in first["settings"].items() if k not in ignored}
-        b = {k: v for k, v in other["settings"].items() if k not in ignored}
-        if a != b:
-            differ = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
-            raise InvalidInput(f"{part} was run with other settings ({', '.join(differ)}); cannot merge")
-    merged: dict[str, Any] = {**first, "attacks": {}, "ablations": {}}
-    for result in loaded:
-        for attack, row in result["attacks"].items():
-            if attack in merged["attacks"]:
-                raise InvalidInput(f"row {attack} appears in more than one part")
-            merged["attacks"][attack] = row
-        for name, variant in (result.get("ablations") or {}).items():
-            entry = merged["ablations"].setdefault(name, {**variant, "attacks": {}})
-            entry["attacks"].update(variant["attacks"])
-    merged["settings"] = {
-        **first["settings"],
-        "attacks": list(merged["attacks"]),
-        "merged_from": [str(p) for p in parts],
-        "total_seconds": [r["settings"].get("total_seconds") for r in loaded],
-    }
-    merged["checks"] = target_checks(merged)
-    return write_defense_report(merged, out)
-
-
 def speed_markdown(results: dict[str, Any]) -> str:
     """Seconds per epoch, images per second and the ratio to the bare passes, one row per method."""
     rows = results["methods"]
@@ -329,7 +287,7 @@ def speed_markdown(results: dict[str, Any]) -> str:
         ratio_bare = f"{sec / bare:.2f}" if bare else "–"
         ratio_ft = f"{sec / finetune:.2f}" if finetune else "–"
         label = (
-            "bare passes (student fwd+bwd, teacher fwd)" if name == "bare" else DEFENCE_LABELS.get(name, name)
+            "bare passes (student fwd+bwd, teacher fwd)" if name == "bare" else DEFENSE_LABELS.get(name, name)
         )
         lines.append(f"| {label} | {sec:.3f} | {row['images_per_second']:.0f} | {ratio_bare} | {ratio_ft} |")
     s = results["settings"]

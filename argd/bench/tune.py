@@ -1,10 +1,10 @@
-"""`argd bench tune`: run the defence benchmark over a grid of settings and tabulate what each one gives.
+"""`argd bench tune`: run the defense benchmark over a grid of settings and tabulate what each one gives.
 
 This is how the engine's defaults are chosen: every grid entry is a set of CleanseParams overrides applied
-to ALL defences (so fine-tuning and NAD always share ARGD's schedule), on the same cached backdoored models,
-clean subsets and seed. Identical defence runs across entries are done once (the memo of `run_defense`).
-The summary (`tune.md`, `tune.json`) lists, per entry, ARGD / NAD / fine-tuning ACC and ASR on every attack,
-their means, and ARGD's weighted term magnitudes beside the cross-entropy.
+to ALL defenses (so fine-tuning and NAD always share ARGD's schedule), on the same cached backdoored models,
+clean subsets and seed. Identical defense runs across entries are done once (the memo of
+`run_defense_benchmark`). The summary (`tune.md`, `tune.json`) lists, per entry, ARGD / NAD / fine-tuning ACC
+and ASR on every attack, their means, and ARGD's weighted term magnitudes beside the cross-entropy.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.defense import DefenseConfig, run_defense
-from bench.report import summarise, write_json
+from argd.bench.defense import DefenseConfig, run_defense_benchmark
+from argd.bench.report import summarise, write_json
 
 #: name -> (what it tests, CleanseParams overrides). "default" is the preset as it stands.
 GRID: dict[str, tuple[str, dict[str, Any]]] = {
@@ -81,9 +81,9 @@ def tune_markdown(rows: dict[str, dict[str, Any]]) -> str:
     for name, row in rows.items():
         cells = [name, ", ".join(f"{k}={v}" for k, v in row["overrides"].items()) or "–"]
         for attack in attacks:
-            defences = row["attacks"].get(attack, {})
+            defenses = row["attacks"].get(attack, {})
             for method in ("argd", "nad", "finetune"):
-                m = defences.get(method)
+                m = defenses.get(method)
                 cells.append(f"{_pct(m['acc'])} / {_pct(m['asr'])}" if m else "–")
         for method in ("argd", "nad", "finetune"):
             m = row["summary"].get(method, {})
@@ -101,7 +101,7 @@ def tune_markdown(rows: dict[str, dict[str, Any]]) -> str:
 
 
 def run_tune(config: DefenseConfig, names: list[str]) -> dict[str, Any]:
-    """Run `run_defense` once per grid entry (into `config.out/<name>`) and write the summary."""
+    """Run `run_defense_benchmark` once per grid entry (into `config.out/<name>`) and write the summary."""
     unknown = [n for n in names if n not in GRID]
     if unknown:
         from argd.core.errors import InvalidInput
@@ -116,7 +116,7 @@ def run_tune(config: DefenseConfig, names: list[str]) -> dict[str, Any]:
         entry = copy.deepcopy(config)
         entry.overrides = {**config.overrides, **overrides}
         entry.out = config.out / name
-        results = run_defense(entry, memo=memo)
+        results = run_defense_benchmark(entry, memo=memo)
         rows[name] = {
             "description": description,
             "overrides": overrides,
@@ -124,7 +124,7 @@ def run_tune(config: DefenseConfig, names: list[str]) -> dict[str, Any]:
             "attacks": {
                 attack: {
                     method: {k: d[k] for k in ("acc", "asr", "ra", "der", "term_scales", "seconds")}
-                    for method, d in row["defences"].items()
+                    for method, d in row["defenses"].items()
                 }
                 | {"before": {k: row["backdoor"][k] for k in ("acc", "asr")}}
                 for attack, row in results["attacks"].items()

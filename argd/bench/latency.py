@@ -1,10 +1,10 @@
 """`argd bench api-latency`: `GET /v1/jobs/{id}` latency under concurrent clients against a live server.
 
-It seeds tenants, API keys and jobs with their per-epoch events (`bench.seeding`) in a throw-away Postgres
-database, starts the API (`bench.apiserver`), then lets C asyncio clients (one keep-alive connection each)
-read random jobs of their own tenant, after a warm-up, and reports percentiles, throughput and errors. The
-clients share the machine with the server, so the figures are for "this machine"; the report says how many
-CPUs there were.
+It seeds tenants, API keys and jobs with their per-epoch events (`argd.bench.seeding`) in a throw-away
+Postgres database, starts the API (`argd.bench.apiserver`), then lets C asyncio clients (one keep-alive
+connection each) read random jobs of their own tenant, after a warm-up, and reports percentiles, throughput
+and errors. The clients share the machine with the server, so the figures are for "this machine"; the report
+says how many CPUs there were.
 """
 
 from __future__ import annotations
@@ -20,12 +20,12 @@ from typing import Any
 import httpx
 from sqlalchemy.engine import make_url
 
+from argd.bench.apiserver import DEFAULT_ADMIN_URL, api_server, server_env, server_version
+from argd.bench.seeding import seed_jobs
+from argd.bench.stats import machine_info, percentile, utc_now
 from argd.persistence.db import dispose_engines
 from argd.persistence.settings import Settings
 from argd.persistence.throwaway import throwaway_database
-from bench.apiserver import DEFAULT_ADMIN_URL, api_server, server_env, server_version
-from bench.seeding import seed_jobs
-from bench.stats import machine_info, percentile, utc_now
 
 # Hard bounds so that a typo cannot turn a benchmark into a denial of service on a shared machine.
 MAX_CLIENTS = 1024

@@ -1,8 +1,9 @@
 """`argd bench upload-memory`: the API process's memory while it receives uploads of several sizes.
 
-It streams multipart uploads to `POST /v1/datasets` from a generator (`bench.multipart`: the client never
-holds the body) while a thread samples the server's resident memory from /proc every ~20 ms
-(`bench.procfs`), and the kernel's high-water mark (reset before each upload) catches peaks between samples.
+It streams multipart uploads to `POST /v1/datasets` from a generator (`argd.bench.multipart`: the client
+never holds the body) while a thread samples the server's resident memory from /proc every ~20 ms
+(`argd.bench.procfs`), and the kernel's high-water mark (reset before each upload) catches peaks between
+samples.
 The point is the receive path (parse, hash, write to disk): with the default random payload validation
 rejects the file at once (422); `payload="npz"` sends a valid dataset instead, whose validation decodes the
 arrays (so that mode's memory grows with the dataset, by design of the engine's loader).
@@ -21,16 +22,16 @@ from typing import Any
 import httpx
 from sqlalchemy.engine import make_url
 
+from argd.bench.apiserver import DEFAULT_ADMIN_URL, api_server, server_env
+from argd.bench.multipart import MIB, UploadBody
+from argd.bench.procfs import MemorySampler, process_tree, read_memory, reset_peak_rss
+from argd.bench.stats import machine_info, utc_now
 from argd.devserver import ServerProcess
 from argd.persistence import keys
 from argd.persistence.db import dispose_engines, get_sessionmaker
 from argd.persistence.migrate import upgrade
 from argd.persistence.settings import Settings
 from argd.persistence.throwaway import throwaway_database
-from bench.apiserver import DEFAULT_ADMIN_URL, api_server, server_env
-from bench.multipart import MIB, UploadBody
-from bench.procfs import MemorySampler, process_tree, read_memory, reset_peak_rss
-from bench.stats import machine_info, utc_now
 
 MAX_UPLOAD_MIB = 8192
 

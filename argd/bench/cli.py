@@ -1,7 +1,7 @@
 """`argd bench defense|tune|speed|api-latency|upload-memory`: argument parsing only.
 
-The work is in `bench.defense`, `bench.tune`, `bench.speed` and the service benchmarks; those that need torch
-are imported when their command runs, so parsing (and `--help`) stays quick.
+The work is in `argd.bench.defense`, `argd.bench.tune`, `argd.bench.speed` and the service benchmarks; those
+that need torch are imported when their command runs, so parsing (and `--help`) stays quick.
 """
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ import argparse
 import sys
 from pathlib import Path
 
+from argd.bench.attacks import ALL_ATTACKS
+from argd.bench.service import add_subcommands, run_from_args
 from argd.cli.argtypes import csv_list, fraction, positive_int, whole_number_list
 from argd.core.errors import ArgdError
-from bench.attacks import ALL_ATTACKS
-from bench.service import add_subcommands, run_from_args
 
 __all__ = ["DEFAULT_DATA_ROOT", "build_parser", "main"]
 
@@ -80,7 +80,7 @@ def _add_defense_options(d: argparse.ArgumentParser) -> None:
         default=[],
         metavar="ATTACK.KEY=VALUE",
         help="override one setting of one attack (JSON value), e.g. sig.delta=30, or its own poisoning "
-        "rate, e.g. cl.rate=0.08; repeatable (defaults: bench.backdoor.ATTACK_SETTINGS)",
+        "rate, e.g. cl.rate=0.08; repeatable (defaults: argd.bench.backdoor.ATTACK_SETTINGS)",
     )
     d.add_argument(
         "--clean-fraction",
@@ -94,17 +94,17 @@ def _add_defense_options(d: argparse.ArgumentParser) -> None:
     d.add_argument("--backdoor-epochs", type=positive_int, help="epochs of backdoored/clean model training")
     d.add_argument("--backdoor-lr", type=float, help="peak learning rate of backdoored model training")
     d.add_argument(
-        "--defences",
+        "--defenses",
         type=csv_list,
-        help="defences to run (default: finetune,nad,fst,ft-sam,argd; the reference column is --reference)",
+        help="defenses to run (default: finetune,nad,fst,ft-sam,argd; the reference column is --reference)",
     )
     d.add_argument(
         "--seeds",
         type=whole_number_list,
-        help="run the --seed-defences again with each of these seeds (e.g. 0,1,2) and report mean and spread",
+        help="run the --seed-defenses again with each of these seeds (e.g. 0,1,2) and report mean and spread",
     )
     d.add_argument(
-        "--seed-defences", type=csv_list, help="defences that --seeds repeats (default: argd,fst,ft-sam)"
+        "--seed-defenses", type=csv_list, help="defenses that --seeds repeats (default: argd,fst,ft-sam)"
     )
     d.add_argument(
         "--retune",
@@ -114,10 +114,10 @@ def _add_defense_options(d: argparse.ArgumentParser) -> None:
         "model (default: on)",
     )
     d.add_argument(
-        "--preset", default="default", help="CleanseParams preset of all defences (default|reference)"
+        "--preset", default="default", help="CleanseParams preset of all defenses (default|reference)"
     )
     d.add_argument(
-        "--epochs", type=positive_int, help="distillation epochs of every defence (overrides preset)"
+        "--epochs", type=positive_int, help="distillation epochs of every defense (overrides preset)"
     )
     d.add_argument(
         "--teacher-epochs", type=positive_int, help="teacher fine-tuning epochs (overrides preset)"
@@ -131,7 +131,7 @@ def _add_defense_options(d: argparse.ArgumentParser) -> None:
     d.add_argument(
         "--ablations",
         type=csv_list,
-        help="ARGD variants to run (comma list, 'all' or 'none'); see bench.defense.ABLATIONS",
+        help="ARGD variants to run (comma list, 'all' or 'none'); see argd.bench.defense.ABLATIONS",
     )
     d.add_argument(
         "--ablation-attacks", type=csv_list, help="attacks the ablations run on (default: badnets,blend)"
@@ -142,7 +142,7 @@ def _add_defense_options(d: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override a CleanseParams field for every defence (JSON value), repeatable",
+        help="override a CleanseParams field for every defense (JSON value), repeatable",
     )
     d.add_argument("--cache-dir", type=Path, help="backdoored-model cache (default: ~/.cache/argd/bench)")
 
@@ -163,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     m = sub.add_parser(
         "merge",
-        help="join the results of defence runs over different rows into one report",
+        help="join the results of defense runs over different rows into one report",
         description="Read defense.json from each folder (runs of the same settings over different rows, "
         "e.g. two processes side by side), and write one defense.md / .json / .png with every row.",
     )
@@ -172,12 +172,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser(
         "tune",
-        help="the defence benchmark over a grid of settings (how the defaults were chosen)",
-        description="Run `defense` once per grid entry (CleanseParams overrides applied to every defence) "
+        help="the defense benchmark over a grid of settings (how the defaults were chosen)",
+        description="Run `defense` once per grid entry (CleanseParams overrides applied to every defense) "
         "on the same cached backdoored models, and write tune.md / tune.json.",
     )
     _add_defense_options(t)
-    t.add_argument("--grid", type=csv_list, help="grid entries to run (default: all; see bench.tune.GRID)")
+    t.add_argument(
+        "--grid", type=csv_list, help="grid entries to run (default: all; see argd.bench.tune.GRID)"
+    )
 
     s = sub.add_parser(
         "speed",
@@ -200,29 +202,29 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     if getattr(args, "service_bench", None):
         return run_from_args(args)
-    if args.test_npz and not args.train_npz:
+    if getattr(args, "test_npz", None) and not args.train_npz:  # merge has no data options
         print("argd bench: error: --test-npz needs --train-npz", file=sys.stderr)
         return 2
     try:
         if args.command == "merge":
-            from bench.report import merge_defense_reports
+            from argd.bench.defense import merge_defense_reports
 
             merge_defense_reports(args.parts, args.out)
         elif args.command == "defense":
-            from bench.defense import config_from_args, run_defense
+            from argd.bench.defense import config_from_args, run_defense_benchmark
 
-            run_defense(config_from_args(args))
+            run_defense_benchmark(config_from_args(args))
         elif args.command == "tune":
-            from bench.defense import config_from_args
-            from bench.tune import GRID, run_tune
+            from argd.bench.defense import config_from_args
+            from argd.bench.tune import GRID, run_tune
 
             config = config_from_args(args)
             if args.out is None:
                 config.out = Path("bench-results/tune-quick" if args.quick else "bench-results/tune")
             run_tune(config, list(args.grid or GRID))
         else:
-            from bench.speed import config_from_args as speed_config
-            from bench.speed import run_speed
+            from argd.bench.speed import config_from_args as speed_config
+            from argd.bench.speed import run_speed
 
             run_speed(speed_config(args))
     except ArgdError as exc:

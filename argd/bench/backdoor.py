@@ -133,7 +133,7 @@ def train_classifier(
         crop_padding=settings.crop_padding,
         flip=settings.flip,
         cutout=settings.cutout,
-        amp=amp,  # type: ignore[arg-type]
+        amp=amp,
     )
     on_device = ImageData(data.x.to(device), data.y.to(device))
     model.to(device)
@@ -155,7 +155,7 @@ def _entry(cache_dir: Path, key: str) -> tuple[Path, Path, Path]:
 
 def _load_entry(
     cache_dir: Path, key: str, spec: ModelSpec
-) -> tuple[nn.Module, dict[str, torch.Tensor], dict] | None:
+) -> tuple[nn.Module, dict[str, torch.Tensor], dict[str, Any]] | None:
     weights, extra, meta = _entry(cache_dir, key)
     if not (weights.exists() and meta.exists()):
         return None
@@ -270,7 +270,7 @@ def train_backdoored(
     poisoned = attack.poison_train(train, rate=rate, target=target, seed=seed)
     if getattr(attack, "model", None) is not None:
         attack.model = None  # type: ignore[attr-defined]  # CL keeps the clean model for PGD; not needed now
-    excluded = torch.cat([poisoned.poisoned_index, poisoned.noise_index]).unique()
+    excluded = torch.unique(torch.cat([poisoned.poisoned_index, poisoned.noise_index]))
     eval_set = attack.poison_eval(test, target=target)
     if log is not None:
         log(f"[{attack_name}] {poisoned.poisoned_index.numel()} of {len(train)} training images poisoned")

@@ -1,4 +1,4 @@
-"""The attacks the defence benchmark runs: the engine's registry, not a second list of names."""
+"""The attacks the defense benchmark runs: the engine's registry, not a second list of names."""
 
 from __future__ import annotations
 
