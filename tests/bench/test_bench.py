@@ -190,8 +190,9 @@ def test_defense_on_npz_dataset_with_another_architecture(tmp_path: Path) -> Non
 
 
 def test_merge_reads_old_results_with_the_british_keys(tmp_path: Path) -> None:
-    """The checked-in results predate the one spelling ("defences"); merge reads them, writes "defenses"."""
-    old = json.loads((Path(__file__).resolve().parents[2] / "bench/results/defense.json").read_text())
+    """The 2026-11-26 results predate the one spelling ("defences"); merge reads them, writes "defenses"."""
+    earlier = Path(__file__).resolve().parents[2] / "bench/results/2026-11-26/defense.json"
+    old = json.loads(earlier.read_text())
     assert "defences" in old["settings"] and all("defences" in row for row in old["attacks"].values())
     rows = list(old["attacks"])
     parts = [tmp_path / "a", tmp_path / "b"]
