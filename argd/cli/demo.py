@@ -593,7 +593,7 @@ def results_table(
         f"{'':{width}}{'ACC':>9}{'ASR':>9}{'time':>8}",
     ]
     lines += [
-        f"{name:{width}}{percent(m.get('acc')):>9}{percent(m.get('asr')):>9}{took:>8}"
+        f"{name:{width}}{percent(m.get('acc')):>9}{percent(m.get('asr')):>9}{took:>8}".rstrip()
         for name, m, took in rows
     ]
     return "\n".join(lines)
