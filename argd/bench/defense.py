@@ -47,7 +47,7 @@ from argd.bench.backdoor import (
     train_clean,
 )
 from argd.bench.report import summarise, write_defense_report
-from argd.bench.retune import retune_asr, split_retune_images
+from argd.bench.retune import Retune, retune_asr, split_retune_images
 from argd.bench.speed import device_description
 from argd.core.architectures import build_model
 from argd.core.attacks import ATTACKS, make_attack
@@ -490,7 +490,7 @@ def run_one_defense(
     config: DefenseConfig,
     label: str,
     log: Any,
-    retune: Any = None,
+    retune: Retune | None = None,
 ) -> dict[str, Any]:
     """One `run_cleanse` call; returns its metrics, timings, term magnitudes and effective parameters, and,
     with `retune` (cleansed model -> {"asr", "seconds"}), the retuning attack's result."""
@@ -831,7 +831,7 @@ def run_defense_benchmark(config: DefenseConfig, memo: dict[str, Any] | None = N
         clean: ImageData,
         teachers: TeacherCache,
         label: str,
-        retune: Any = None,
+        retune: Retune | None = None,
     ) -> dict[str, Any]:
         exclude = set(TEACHER_FIELDS) - {"seed", "batch_size", "amp"} if not p.needs_teacher else set()
         key = (
@@ -898,7 +898,7 @@ def run_defense_benchmark(config: DefenseConfig, memo: dict[str, Any] | None = N
             },
             "defenses": {},
         }
-        retune = None
+        retune: Retune | None = None
         if config.retune:
             poison, remaining = split_retune_images(victim.eval_set, config.target, config.seed)
 

@@ -78,6 +78,12 @@ class ProgressEvent:
 ProgressCallback = Callable[[ProgressEvent], None]
 
 
+def no_terms(like: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Every distillation term at zero (float32, on `like`'s device): what a phase without them reports."""
+    zero = like.new_zeros((), dtype=torch.float32)
+    return {"node": zero, "edge": zero, "emb": zero, "logit": zero, "total": zero}
+
+
 @dataclass
 class Distillation:
     """Everything the student learns from its teacher, in one place: the frozen teacher, the tapped levels
@@ -111,8 +117,7 @@ class Distillation:
 
     def terms(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> dict[str, torch.Tensor]:
         """Unweighted node, edge, emb and logit terms, and their weighted sum "total"."""
-        zero = student_logits.new_zeros((), dtype=torch.float32)
-        out = {"node": zero, "edge": zero, "emb": zero, "logit": zero, "total": zero}
+        out = no_terms(student_logits)
         if self.attention is not None:
             assert self.student_tap is not None and self.teacher_tap is not None
             out.update(self.attention(self.student_tap.features, self.teacher_tap.features))
@@ -471,7 +476,7 @@ class Trainer:
         logits = self.model(x)
         ce = F.cross_entropy(logits.float(), y, label_smoothing=self.recipe.label_smoothing)
         zero = ce.new_zeros(())
-        terms = {"node": zero, "edge": zero, "emb": zero, "logit": zero, "total": zero}
+        terms = no_terms(ce)
         if self.distillation is not None:
             assert teacher_logits is not None
             terms = self.distillation.terms(logits, teacher_logits)
