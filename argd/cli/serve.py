@@ -78,7 +78,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     settings = _settings()
     settings.ensure_dirs()
-    if not args.no_migrate:
+    if args.no_migrate:
+        _check_schema(settings)
+    else:
         _upgrade(settings)
     from argd.api.app import create_app
 
@@ -149,6 +151,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if overrides:
         settings = settings.model_copy(update=overrides)
     settings.ensure_dirs()
+    _ready_schema(settings)
     from argd.worker.main import run_worker
 
     run_worker(settings, loglevel=args.log_level.upper())
@@ -171,6 +174,33 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _ready_schema(settings: Any) -> None:
+    """Before a command uses the database: the embedded SQLite file is created or upgraded here; any other
+    database that is behind stops the command with exit 2 and `run argd migrate`."""
+    from argd.persistence import migrate
+
+    if migrate.is_embedded(settings):
+        settings.ensure_dirs()
+        _upgrade(settings)
+    else:
+        _check_schema(settings)
+
+
+def _check_schema(settings: Any) -> None:
+    """Exit 2 with `run argd migrate` unless the schema is at the newest revision (nothing is changed)."""
+    from argd.persistence import migrate
+
+    try:
+        current, head = migrate.current_revision(settings), migrate.head_revision()
+    except Exception as exc:
+        raise CliError(
+            f"cannot read the schema of {_safe_url(settings.database_url)}: {type(exc).__name__}: {exc}",
+            EXIT_FAILURE,
+        ) from exc
+    if current != head:
+        raise CliError(str(migrate.SchemaNotReady(_safe_url(settings.database_url), current, head)))
+
+
 def _upgrade(settings: Any, revision: str = "head") -> None:
     from argd.persistence import migrate
 
@@ -191,6 +221,7 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
     from argd.persistence.keys import create_key
 
     settings = _settings()
+    _ready_schema(settings)
     try:
         with session_scope(settings) as session:
             key = create_key(session, args.tenant, settings)
@@ -208,7 +239,9 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
     from argd.persistence.db import session_scope
     from argd.persistence.models import ApiKey
 
-    with session_scope(_settings()) as session:
+    settings = _settings()
+    _ready_schema(settings)
+    with session_scope(settings) as session:
         rows = [
             {
                 "prefix": key.prefix,
@@ -234,7 +267,9 @@ def cmd_keys_revoke(args: argparse.Namespace) -> int:
     from argd.persistence.db import session_scope
     from argd.persistence.keys import revoke_key
 
-    with session_scope(_settings()) as session:
+    settings = _settings()
+    _ready_schema(settings)
+    with session_scope(settings) as session:
         count = revoke_key(session, args.prefix)
     if count == 0:
         raise CliError(f"no active key with prefix {args.prefix!r}", EXIT_FAILURE)
