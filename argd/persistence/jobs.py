@@ -196,6 +196,18 @@ def job_events(session: Session, job_id: str) -> list[JobEvent]:
     return list(session.scalars(select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.id)))
 
 
+def history_marker(session: Session, job_id: str) -> tuple[int, int]:
+    """(count, newest id) of the job's events: one index-only look-up that changes whenever the history
+    does (events are only added, or replaced with a new id), so a status poll can tell "unchanged" without
+    reading every event row."""
+    count, newest = session.execute(
+        select(func.count(JobEvent.id), func.coalesce(func.max(JobEvent.id), 0)).where(
+            JobEvent.job_id == job_id
+        )
+    ).one()
+    return int(count), int(newest)
+
+
 def webhook_deliveries(session: Session, job_id: str) -> list[WebhookDelivery]:
     return list(
         session.scalars(
