@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+from dataclasses import dataclass
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -54,7 +55,15 @@ def create_key(session: Session, tenant_name: str, settings: Settings | None = N
     return key
 
 
-def authenticate(session: Session, key: str, settings: Settings | None = None) -> Tenant | None:
+@dataclass(frozen=True)
+class KeyOwner:
+    """The tenant a key belongs to, as the API needs it (columns, not an ORM object: polls are hot)."""
+
+    id: str
+    name: str
+
+
+def authenticate(session: Session, key: str, settings: Settings | None = None) -> KeyOwner | None:
     """The tenant owning this key, or None for an unknown or revoked key (one query per request, so a
     revocation counts from the next request on).
 
@@ -65,14 +74,13 @@ def authenticate(session: Session, key: str, settings: Settings | None = None) -
         return None
     digest = hash_key(key, settings)
     row = session.execute(
-        select(Tenant, ApiKey.key_hash)
+        select(Tenant.id, Tenant.name, ApiKey.key_hash)
         .join(ApiKey, ApiKey.tenant_id == Tenant.id)
         .where(ApiKey.key_hash == digest, ApiKey.revoked_at.is_(None))
     ).first()
     if row is None or not hmac.compare_digest(row.key_hash, digest):
         return None
-    tenant: Tenant = row.Tenant
-    return tenant
+    return KeyOwner(id=row.id, name=row.name)
 
 
 def revoke_key(session: Session, prefix: str) -> int:

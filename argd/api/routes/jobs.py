@@ -118,11 +118,14 @@ def get_job(
     The answer carries an ETag; sending it back in If-None-Match answers 304 while the job is unchanged,
     and that check reads the job row and one index entry, not the history."""
     job = service.owned_job(session, principal.tenant_id, job_id)
-    etag = job_etag(job, job_state.history_marker(session, job.id))
-    if etag_matches(if_none_match, etag):
-        return not_modified(etag)
-    body = job_out(job, job_state.job_events(session, job.id))
-    return Response(body.model_dump_json(), media_type="application/json", headers={"ETag": etag})
+    if if_none_match:
+        etag = job_etag(job, job_state.history_marker(session, job.id))
+        if etag_matches(if_none_match, etag):
+            return not_modified(etag)
+    events = job_state.job_events(session, job.id)
+    etag = job_etag(job, (len(events), max((event.id for event in events), default=0)))
+    body = job_out(job, events).model_dump_json()
+    return Response(body, media_type="application/json", headers={"ETag": etag})
 
 
 @router.post(
