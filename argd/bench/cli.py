@@ -193,6 +193,24 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--repeats", type=positive_int, help="timed epochs per method (default: 5, quick: 2)")
     s.add_argument("--preset", default="default", help="CleanseParams preset (default|reference)")
 
+    j = sub.add_parser(
+        "job-speed",
+        help="the same cleanse as a service job and as `argd cleanse`, side by side (wall times, ratio)",
+        description="Alternate one-shot `argd cleanse` runs and jobs on the embedded service (argd serve) "
+        "over the same synthetic data and model, and report the median wall and engine times of each and "
+        "the ratio service / CLI (goal: within 5 %%).",
+    )
+    j.add_argument("--images", type=positive_int, default=3000, help="clean images (default: %(default)s)")
+    j.add_argument("--epochs", type=positive_int, default=2, help="student epochs (default: %(default)s)")
+    j.add_argument("--teacher-epochs", type=positive_int, default=2, help="default: %(default)s")
+    j.add_argument(
+        "--rounds", type=positive_int, default=2, help="CLI + service pairs (default: %(default)s)"
+    )
+    j.add_argument("--architecture", default="wrn-16-1", help="default: %(default)s")
+    j.add_argument("--method", default="argd", help="default: %(default)s")
+    j.add_argument("--seed", type=int, default=0)
+    j.add_argument("--out", type=Path, help="folder for job-speed.json and job-speed.md")
+
     add_subcommands(sub)  # the service benchmarks: api-latency, upload-memory
     return parser
 
@@ -206,6 +224,8 @@ def main(argv: list[str] | None = None) -> int:
         print("argd bench: error: --test-npz needs --train-npz", file=sys.stderr)
         return 2
     try:
+        if args.command == "job-speed":
+            return _job_speed(args)
         if args.command == "merge":
             from argd.bench.defense import merge_defense_reports
 
@@ -233,6 +253,30 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("argd bench: interrupted", file=sys.stderr)
         return 130
+    return 0
+
+
+def _job_speed(args: argparse.Namespace) -> int:
+    import json
+
+    from argd.bench.job_speed import job_speed_markdown, run_job_speed
+    from argd.bench.stats import write_result
+
+    result = run_job_speed(
+        images=args.images,
+        epochs=args.epochs,
+        teacher_epochs=args.teacher_epochs,
+        rounds=args.rounds,
+        architecture=args.architecture,
+        method=args.method,
+        seed=args.seed,
+    )
+    markdown = job_speed_markdown(result)
+    print(markdown)
+    print(json.dumps(result, indent=2))
+    if args.out is not None:
+        path = write_result(result, args.out, "job-speed", markdown)
+        print(f"wrote {path} and {path.with_suffix('.md')}", file=sys.stderr)
     return 0
 
 

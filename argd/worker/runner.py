@@ -308,7 +308,7 @@ def _execute(
         spec=spec,
         target_label=job.target_label,
         device=settings.device,
-        extra={"job_id": job.id, "attempts": attempt},
+        extra={"job_id": job.id, "attempts": attempt, "torch_threads": torch_threads()},
     )
     report_blob = store.put_stream([json.dumps(report, indent=2, sort_keys=True).encode()])
     with session_scope(settings) as session:
@@ -322,6 +322,14 @@ def _execute(
             report=report_blob,
             epochs=params.epochs,
         )
+
+
+def torch_threads() -> int:
+    """The intra-op threads torch used in this pool process (the report shows it: a job at one thread on
+    a many-core worker is the first thing to rule out when a job is slower than `argd cleanse`)."""
+    import torch
+
+    return int(torch.get_num_threads())
 
 
 def classify_failure(exc: BaseException, settings: Settings) -> tuple[str, str] | None:
