@@ -257,10 +257,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _job_speed(args: argparse.Namespace) -> int:
-    import json
-
     from argd.bench.job_speed import job_speed_markdown, run_job_speed
-    from argd.bench.stats import write_result
+    from argd.bench.stats import publish
 
     result = run_job_speed(
         images=args.images,
@@ -271,12 +269,7 @@ def _job_speed(args: argparse.Namespace) -> int:
         method=args.method,
         seed=args.seed,
     )
-    markdown = job_speed_markdown(result)
-    print(markdown)
-    print(json.dumps(result, indent=2))
-    if args.out is not None:
-        path = write_result(result, args.out, "job-speed", markdown)
-        print(f"wrote {path} and {path.with_suffix('.md')}", file=sys.stderr)
+    publish(result, job_speed_markdown(result), "job-speed", args.out)
     return 0
 
 

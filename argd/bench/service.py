@@ -8,14 +8,13 @@ directory.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
 from argd.bench.apiserver import DEFAULT_ADMIN_URL
 from argd.bench.latency import DEFAULT_RATES, ENDPOINTS, latency_markdown, run_latency
-from argd.bench.stats import write_result
+from argd.bench.stats import publish
 from argd.bench.upload_memory import run_upload_memory, upload_markdown
 from argd.cli.argtypes import csv_list, positive_float, positive_int, whole_number_list
 
@@ -163,12 +162,7 @@ def run_from_args(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("argd bench: interrupted", file=sys.stderr)
         return 130
-    print(markdown)
-    print()
-    print(json.dumps(result, indent=2))
-    if args.out is not None:
-        path = write_result(result, args.out, name, markdown)
-        print(f"wrote {path} and {path.with_suffix('.md')}", file=sys.stderr)
+    publish(result, markdown, name, args.out)
     if result.get("errors"):
         print(f"argd bench: {result['errors']} request(s) failed", file=sys.stderr)
         return 1
