@@ -15,6 +15,7 @@ from fastapi.security import HTTPAuthorizationCredentials
 from sqlalchemy.orm import Session, sessionmaker
 
 from argd.api.auth import Principal, authenticate, bearer_scheme
+from argd.api.throttle import FailedAuthThrottle
 from argd.persistence.artifacts import LocalArtifactStore
 from argd.persistence.settings import Settings
 from argd.worker.dispatch import CeleryQueue
@@ -59,12 +60,15 @@ QueueDep = Annotated[CeleryQueue, Depends(job_queue)]
 
 
 def current_principal(
+    request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
     session: SessionDep,
     settings: SettingsDep,
 ) -> Principal:
-    """The tenant of the bearer key, or a 401 problem (`argd.api.auth.authenticate`)."""
-    return authenticate(credentials, session, settings)
+    """The tenant of the bearer key, or a 401/429 problem (`argd.api.auth.authenticate`)."""
+    throttle = cast(FailedAuthThrottle, request.app.state.auth_throttle)
+    client = request.client.host if request.client else "unknown"
+    return authenticate(credentials, session, settings, throttle, client)
 
 
 PrincipalDep = Annotated[Principal, Depends(current_principal)]

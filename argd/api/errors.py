@@ -15,6 +15,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from argd.core.errors import ArgdError, Cancelled, InvalidInput
@@ -25,6 +26,7 @@ from argd.jobs.errors import (
     JobRefusal,
     NotFound,
     QueueUnavailable,
+    QuotaExceeded,
 )
 
 logger = logging.getLogger("argd.api")
@@ -50,6 +52,9 @@ _STATUS_CODES: dict[int, str] = {
     503: "unavailable",
 }
 
+
+DATABASE_RETRY_AFTER_S = 5
+QUOTA_RETRY_AFTER_S = 30  # a 429 for active jobs: another job may have finished by then
 
 # The HTTP status of each kind of refusal of the job service.
 _REFUSAL_STATUS: dict[type[JobRefusal], int] = {
@@ -195,8 +200,25 @@ async def _handle_engine_error(request: Request, exc: Exception) -> JSONResponse
 
 async def _handle_refusal(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, JobRefusal)
+    if isinstance(exc, QuotaExceeded):
+        headers = {"Retry-After": str(QUOTA_RETRY_AFTER_S)} if exc.status == 429 else None
+        return problem_response(
+            request, exc.status, exc.code, exc.message, details=exc.details, headers=headers
+        )
     status = next(code for kind, code in _REFUSAL_STATUS.items() if isinstance(exc, kind))
     return problem_response(request, status, exc.code, exc.message, details=exc.details)
+
+
+async def _handle_database_down(request: Request, exc: Exception) -> JSONResponse:
+    """The database refused or dropped the connection: a 503 the client may retry, not a 500."""
+    logger.warning("database unavailable on %s %s: %s", request.method, request.url.path, exc)
+    return problem_response(
+        request,
+        503,
+        "database_unavailable",
+        "The database is unreachable right now; try again shortly",
+        headers={"Retry-After": str(DATABASE_RETRY_AFTER_S)},
+    )
 
 
 async def _handle_unexpected(request: Request, exc: Exception) -> JSONResponse:
@@ -211,6 +233,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _handle_validation_error)
     app.add_exception_handler(ArgdError, _handle_engine_error)
     app.add_exception_handler(JobRefusal, _handle_refusal)
+    app.add_exception_handler(OperationalError, _handle_database_down)
     app.add_exception_handler(Exception, _handle_unexpected)
 
 

@@ -68,6 +68,22 @@ def register(commands: argparse._SubParsersAction[ArgumentParser]) -> None:
     kr.add_argument("prefix", help="the prefix shown by 'argd keys list' (e.g. argd_AbCdEfGh)")
     kr.set_defaults(func=cmd_keys_revoke)
 
+    q = commands.add_parser(
+        "quota",
+        help="show or set a tenant's quotas",
+        description="Print a tenant's quotas as JSON, after changing the ones given. A value is a whole "
+        "number, or 'none' to lift the limit. Past a quota the API answers 413 (stored bytes, job epochs) "
+        "or 429 (active jobs) naming it.",
+    )
+    q.add_argument("--tenant", required=True, help="tenant name (as in 'argd keys create --tenant')")
+    for flag, what in (
+        ("--max-stored-bytes", "bytes of models and datasets stored"),
+        ("--max-active-jobs", "queued and running jobs at once"),
+        ("--max-job-epochs", "teacher plus student epochs of one job"),
+    ):
+        q.add_argument(flag, type=_quota_value, default=argparse.SUPPRESS, help=what)
+    q.set_defaults(func=cmd_quota)
+
 
 # --------------------------------------------------------------------------------------------------- serve
 
@@ -274,6 +290,36 @@ def cmd_keys_revoke(args: argparse.Namespace) -> int:
     if count == 0:
         raise CliError(f"no active key with prefix {args.prefix!r}", EXIT_FAILURE)
     print(f"revoked {count} key(s) with prefix {args.prefix}")
+    return EXIT_OK
+
+
+def _quota_value(text: str) -> int | None:
+    if text.strip().lower() == "none":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number or 'none', got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be >= 0")
+    return value
+
+
+def cmd_quota(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from argd.persistence.db import session_scope
+    from argd.persistence.quotas import QUOTA_NAMES, set_quotas
+
+    settings = _settings()
+    _ready_schema(settings)
+    changes = {name: getattr(args, name) for name in QUOTA_NAMES if hasattr(args, name)}
+    try:
+        with session_scope(settings) as session:
+            quotas = set_quotas(session, args.tenant, changes)
+    except LookupError as exc:
+        raise CliError(str(exc).strip("'\"")) from None
+    print_json({"tenant": args.tenant, **asdict(quotas)})
     return EXIT_OK
 
 

@@ -88,6 +88,10 @@ class Tenant(Base):
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     name: Mapped[str] = mapped_column(String(200), unique=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Quotas the operator sets (`argd quota`); None: no limit.
+    max_stored_bytes: Mapped[int | None] = mapped_column(BigInteger, doc="models and datasets, in bytes")
+    max_active_jobs: Mapped[int | None] = mapped_column(Integer, doc="queued and running jobs at once")
+    max_job_epochs: Mapped[int | None] = mapped_column(Integer, doc="teacher plus student epochs of a job")
 
     api_keys: Mapped[list[ApiKey]] = relationship(back_populates="tenant", cascade="all, delete-orphan")
 
