@@ -257,6 +257,10 @@ def document_problems(document: dict[str, Any]) -> dict[str, Any]:
     """
     for operations in document.get("paths", {}).values():
         for operation in operations.values():
+            if operation.get("security"):  # a keyed route may throttle failed keys (argd.api.throttle)
+                operation.setdefault("responses", {}).setdefault(
+                    "429", {"description": "Too many invalid API keys from this client, or a quota"}
+                )
             for status, response in operation.get("responses", {}).items():
                 if status[0] in "45":
                     response["content"] = _problem_content()

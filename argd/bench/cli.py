@@ -211,6 +211,16 @@ def build_parser() -> argparse.ArgumentParser:
     j.add_argument("--seed", type=int, default=0)
     j.add_argument("--out", type=Path, help="folder for job-speed.json and job-speed.md")
 
+    f = sub.add_parser(
+        "fuzz",
+        help="schemathesis over the live OpenAPI document, with a key and without (needs the dev extra)",
+        description="Start the API on a throw-away Postgres and send every operation EXAMPLES generated "
+        "requests with a valid key and without one; fails on any server error or answer outside the "
+        "documented schema.",
+    )
+    f.add_argument("--examples", type=positive_int, default=100, help="per operation (default: %(default)s)")
+    f.add_argument("--out", type=Path, help="folder for fuzz.json and fuzz.md")
+
     add_subcommands(sub)  # the service benchmarks: api-latency, upload-memory
     return parser
 
@@ -226,6 +236,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "job-speed":
             return _job_speed(args)
+        if args.command == "fuzz":
+            from argd.bench.fuzz import fuzz_markdown, run_fuzz
+            from argd.bench.stats import publish
+
+            result = run_fuzz(examples=args.examples)
+            publish(result, fuzz_markdown(result), "fuzz", args.out)
+            return 0
         if args.command == "merge":
             from argd.bench.defense import merge_defense_reports
 

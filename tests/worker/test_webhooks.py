@@ -228,3 +228,47 @@ def test_webhook_job_is_the_apis_job_key_for_key(
     for key in polled:
         assert pushed[key] == polled[key], key
     assert polled["status"] == "succeeded" and polled["history"] and polled["result_sha256"]
+
+
+class _Redirector:
+    """A local endpoint that answers every POST with a redirect to `location`."""
+
+    def __init__(self, location: str):
+        self.hits = 0
+        redirector = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                redirector.hits += 1
+                self.rfile.read(int(self.headers["content-length"]))
+                self.send_response(307)
+                self.send_header("location", location)
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            def log_message(self, *_: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.parametrize("where", ["receiver", "metadata"])
+def test_a_redirect_is_never_followed(receiver: _Receiver, where: str) -> None:
+    """A receiver that redirects (to another local endpoint, or to the cloud metadata address) gets a
+    failed, retried delivery; the redirect's target is never called."""
+    location = receiver.url if where == "receiver" else "http://169.254.169.254/latest/meta-data/"
+    redirector = _Redirector(location)
+    try:
+        secret = tenant_webhook_secret(LOOPBACK_OK, "t")
+        result = post_signed(redirector.url, b"{}", message_id="msg_r", secret=secret, settings=LOOPBACK_OK)
+    finally:
+        redirector.close()
+    assert redirector.hits == 1
+    assert not result.ok and result.status_code == 307 and result.retryable
+    assert receiver.requests == []
