@@ -221,6 +221,16 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--examples", type=positive_int, default=100, help="per operation (default: %(default)s)")
     f.add_argument("--out", type=Path, help="folder for fuzz.json and fuzz.md")
 
+    r = sub.add_parser(
+        "reliability",
+        help="the page of reliability and security figures (bench/results/reliability.md)",
+        description="Run the reliability test files (hostile inputs, access control, webhooks, faults, "
+        "fuzzing, polling) and count their cases, then `fuzz` and `api-latency`, and write one page.",
+    )
+    r.add_argument("--latency-duration", type=float, default=10.0, help="seconds per rate (default: 10)")
+    r.add_argument("--fuzz-examples", type=positive_int, default=50, help="per operation (default: 50)")
+    r.add_argument("--out", type=Path, help="folder for reliability.json and reliability.md")
+
     add_subcommands(sub)  # the service benchmarks: api-latency, upload-memory
     return parser
 
@@ -236,6 +246,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "job-speed":
             return _job_speed(args)
+        if args.command == "reliability":
+            from argd.bench.reliability import reliability_markdown, run_reliability
+            from argd.bench.stats import publish
+
+            result = run_reliability(
+                latency_duration_s=args.latency_duration, fuzz_examples=args.fuzz_examples
+            )
+            publish(result, reliability_markdown(result), "reliability", args.out)
+            return 0
         if args.command == "fuzz":
             from argd.bench.fuzz import fuzz_markdown, run_fuzz
             from argd.bench.stats import publish
