@@ -15,7 +15,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DataError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from argd.core.errors import ArgdError, Cancelled, InvalidInput
@@ -221,6 +221,16 @@ async def _handle_database_down(request: Request, exc: Exception) -> JSONRespons
     )
 
 
+async def _handle_unstorable(request: Request, exc: Exception) -> JSONResponse:
+    """A value the database cannot store (a NUL character in text, a number out of range): bad input."""
+    return problem_response(
+        request,
+        422,
+        "invalid_value",
+        "The request holds a value the service cannot store (e.g. a NUL character in a text field)",
+    )
+
+
 async def _handle_unexpected(request: Request, exc: Exception) -> JSONResponse:
     logger.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return problem_response(request, 500, "internal", "The server failed to process the request.")
@@ -234,6 +244,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ArgdError, _handle_engine_error)
     app.add_exception_handler(JobRefusal, _handle_refusal)
     app.add_exception_handler(OperationalError, _handle_database_down)
+    app.add_exception_handler(DataError, _handle_unstorable)
     app.add_exception_handler(Exception, _handle_unexpected)
 
 

@@ -137,3 +137,19 @@ def test_hostile_json_is_refused(client: TestClient, tmp_path: Path, tenant: Ten
         response = client.post("/v1/jobs", content=raw, headers={"Content-Type": "application/json"})
         _refused(response)
     assert tenant.counts()["jobs"] == 0
+
+
+def test_nul_characters_anywhere_are_refused_not_500(client: TestClient, tenant: TenantAccount) -> None:
+    """Postgres text cannot hold NUL: ids with one are simply unknown (404), other fields a 422."""
+    clean = client.post("/v1/datasets", files={"file": ("c.npz", payloads.npz_bytes(*payloads.images(8)))})
+    assert clean.status_code == 201
+    assert _refused(client.get("/v1/jobs/a%00b"))["code"] == "not_found"
+    body = {"model_id": "m\u0000", "clean_dataset_id": clean.json()["id"]}
+    assert _refused(client.post("/v1/jobs", json=body))["code"] == "not_found"
+    named = client.post(
+        "/v1/datasets",
+        files={"file": ("d.npz", payloads.npz_bytes(*payloads.images(8)))},
+        data={"name": "evil\u0000name"},
+    )
+    assert _refused(named)["code"] == "invalid_value"
+    assert tenant.counts()["datasets"] == 1
