@@ -28,6 +28,7 @@ from argd.jobs.errors import (
     QueueUnavailable,
     QuotaExceeded,
 )
+from argd.persistence.artifacts import STORAGE_FULL_MESSAGE, is_storage_full
 
 logger = logging.getLogger("argd.api")
 
@@ -49,6 +50,7 @@ _STATUS_CODES: dict[int, str] = {
     422: "validation_error",
     429: "too_many_requests",
     500: "internal",
+    507: "storage_full",
     503: "unavailable",
 }
 
@@ -231,6 +233,14 @@ async def _handle_unstorable(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+async def _handle_os_error(request: Request, exc: Exception) -> JSONResponse:
+    """A full disk is the operators' problem, said plainly (507); any other OSError is internal."""
+    if is_storage_full(exc):
+        logger.error("storage full on %s %s: %s", request.method, request.url.path, exc)
+        return problem_response(request, 507, "storage_full", STORAGE_FULL_MESSAGE)
+    return await _handle_unexpected(request, exc)
+
+
 async def _handle_unexpected(request: Request, exc: Exception) -> JSONResponse:
     logger.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return problem_response(request, 500, "internal", "The server failed to process the request.")
@@ -245,6 +255,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(JobRefusal, _handle_refusal)
     app.add_exception_handler(OperationalError, _handle_database_down)
     app.add_exception_handler(DataError, _handle_unstorable)
+    app.add_exception_handler(OSError, _handle_os_error)
     app.add_exception_handler(Exception, _handle_unexpected)
 
 

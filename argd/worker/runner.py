@@ -24,7 +24,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 
 from argd.jobs.service import announce_end
 from argd.persistence import jobs
-from argd.persistence.artifacts import ArtifactStore, get_store
+from argd.persistence.artifacts import STORAGE_FULL_MESSAGE, ArtifactStore, get_store, is_storage_full
 from argd.persistence.db import RowT, session_scope
 from argd.persistence.models import Dataset, Job, Model
 from argd.persistence.settings import Settings, get_settings
@@ -346,6 +346,8 @@ def classify_failure(exc: BaseException, settings: Settings) -> tuple[str, str] 
         isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
     ):
         return "out_of_memory", OOM_MESSAGE
+    if is_storage_full(exc):
+        return "storage_full", STORAGE_FULL_MESSAGE
     if isinstance(exc, ArgdError) and exc.code == "diverged":
         return "invalid_input", exc.message  # the user's hyperparameters made training diverge
     return "internal", jobs.INTERNAL_ERROR_MESSAGE

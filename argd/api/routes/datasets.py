@@ -103,7 +103,7 @@ def _store_dataset(
     status_code=201,
     response_model=DatasetOut,
     openapi_extra=_UPLOAD_BODY,
-    responses=problem_responses(400, 401, 413, 415, 422),
+    responses=problem_responses(400, 401, 413, 415, 422, 507),
 )
 async def create_dataset(
     request: Request,

@@ -126,7 +126,7 @@ def _store_model(
     status_code=201,
     response_model=ModelOut,
     openapi_extra=_UPLOAD_BODY,
-    responses=problem_responses(400, 401, 413, 415, 422),
+    responses=problem_responses(400, 401, 413, 415, 422, 507),
 )
 async def create_model(
     request: Request,
