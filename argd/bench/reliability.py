@@ -28,11 +28,15 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 # (test file, what it is evidence of): the page's sections, in order.
 SUITES = [
     ("tests/api/test_hostile_corpus.py", "Hostile inputs (files, names, JSON), API and argd cleanse"),
-    ("tests/api/test_access_control.py", "Access control"),
-    ("tests/worker/test_webhooks.py", "Webhook delivery and SSRF"),
-    ("tests/worker/test_failures.py", "Faults: lost workers, failures, retries"),
     ("tests/api/test_fuzz.py", "schemathesis over the live OpenAPI document (bounded)"),
+    ("tests/api/test_access_control.py", "Access control and quotas"),
+    ("tests/worker/test_webhooks.py", "Webhook delivery and SSRF"),
+    ("tests/worker/test_chaos.py", "Faults: seeded SIGKILLs of the pool process and the whole worker"),
+    ("tests/worker/test_restarts.py", "Faults: Postgres and Redis restarts, the API killed mid-upload"),
+    ("tests/api/test_storage_full.py", "Faults: a full artifact store"),
+    ("tests/worker/test_jobs_end_to_end.py", "Jobs end to end (SIGKILL mid-epoch, resume)"),
     ("tests/api/test_polling.py", "The polling path (ETag, indexes)"),
+    ("tests/cli/test_schema_ready.py", "The embedded default (schema made or `run argd migrate`)"),
 ]
 
 

@@ -4,14 +4,19 @@ folders, free ports; the shared ones are never touched) are restarted under a li
 - Postgres down: the API answers 503 with a problem body, and serves again once it is back.
 - Postgres restarted while a job runs: the job still ends `succeeded`, each epoch once.
 - Redis restarted (append-only, as deployed) while jobs wait in the queue: each runs exactly once.
+- The API killed (SIGKILL) in the middle of an upload: no dataset row and no stored artifact appear.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -208,3 +213,35 @@ def test_redis_restart_while_jobs_are_queued(stack: Stack, tmp_path: Path) -> No
         job = wait_for(settings, job_id, finished, 180, "a queued job after the Redis restart")
         assert job.status == "succeeded" and job.attempts == 1, (job.error_code, job.error_message)
         assert _events(settings, job_id) == [("teacher", 1), ("distill", 1)]
+
+
+def test_api_killed_mid_upload_leaves_no_visible_artifact(stack: Stack) -> None:
+    artifacts = stack.settings.artifacts_dir
+    before = {p for p in artifacts.rglob("*") if p.is_file()} if artifacts.exists() else set()
+    sent = threading.Event()
+
+    def body() -> Iterator[bytes]:
+        head = b'--b\r\nContent-Disposition: form-data; name="file"; filename="big.npz"\r\n\r\n'
+        yield head
+        for index in range(400):  # 100 MiB, slowly; the server dies long before the end
+            if index == 8:
+                sent.set()
+            yield bytes(256 << 10)
+            time.sleep(0.01)
+
+    def upload() -> None:
+        headers = {"Authorization": f"Bearer {stack.key}", "Content-Type": "multipart/form-data; boundary=b"}
+        with contextlib.suppress(httpx.HTTPError):
+            httpx.post(f"{stack.api.base_url}/v1/datasets", content=body(), headers=headers, timeout=60)
+
+    thread = threading.Thread(target=upload)
+    thread.start()
+    assert sent.wait(30)
+    os.killpg(stack.api.pid, signal.SIGKILL)
+    stack.api.process.wait(15)  # type: ignore[union-attr]
+    thread.join(60)
+    stack.api.start()
+    with httpx.Client(base_url=stack.api.base_url, headers={"Authorization": f"Bearer {stack.key}"}) as api:
+        assert api.get("/v1/datasets").json()["items"] == []
+    after = {p for p in artifacts.rglob("*") if p.is_file()} if artifacts.exists() else set()
+    assert after == before  # the half-received bytes never became an artifact
