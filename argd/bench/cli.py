@@ -254,6 +254,13 @@ def main(argv: list[str] | None = None) -> int:
                 latency_duration_s=args.latency_duration, fuzz_examples=args.fuzz_examples
             )
             publish(result, reliability_markdown(result), "reliability", args.out)
+            if args.out is not None:  # the two service runs it made, as their own commands write them
+                from argd.bench.fuzz import fuzz_markdown
+                from argd.bench.latency import latency_markdown
+                from argd.bench.stats import write_result
+
+                write_result(result["latency"], args.out, "api-latency", latency_markdown(result["latency"]))
+                write_result(result["fuzz"], args.out, "fuzz", fuzz_markdown(result["fuzz"]))
             return 0
         if args.command == "fuzz":
             from argd.bench.fuzz import fuzz_markdown, run_fuzz
