@@ -14,11 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy import event, text, update
 
 from argd.persistence import jobs as job_state
-from argd.persistence.db import get_engine, get_sessionmaker
+from argd.persistence.db import get_sessionmaker
 from argd.persistence.models import Job
 from argd.persistence.settings import Settings
 from tests.api.test_jobs import Inputs, inputs, set_status  # noqa: F401  (the fixture)
@@ -79,10 +80,11 @@ def test_another_tenant_gets_404_not_304(client: TestClient, inputs: Inputs, oth
 
 
 @pytest.fixture
-def statements(app_settings: Settings) -> Iterator[list[tuple[str, Any]]]:
-    """Every statement the app sends to the database while the test runs."""
+def statements(app: FastAPI) -> Iterator[list[tuple[str, Any]]]:
+    """Every statement the app sends to the database while the test runs (on the app's own engine, which
+    stays the app's even after another test made the process drop its cached engines)."""
     seen: list[tuple[str, Any]] = []
-    engine = get_engine(app_settings)
+    engine = app.state.sessionmaker.kw["bind"]
 
     def record(_conn: Any, _cursor: Any, statement: str, parameters: Any, _ctx: Any, many: bool) -> None:
         if not many:
@@ -98,7 +100,11 @@ TRIVIAL = re.compile(r"^\s*SELECT\s+(1|pg_|version|current_)", re.IGNORECASE)
 
 
 def test_every_query_of_the_routes_has_an_index(
-    client: TestClient, inputs: Inputs, app_settings: Settings, statements: list[tuple[str, Any]]
+    app: FastAPI,
+    client: TestClient,
+    inputs: Inputs,
+    app_settings: Settings,
+    statements: list[tuple[str, Any]],
 ) -> None:
     created = [client.post("/v1/jobs", json=inputs.job()).json() for _ in range(3)]
     keyed = client.post("/v1/jobs", json=inputs.job(), headers={"Idempotency-Key": "poll-1"})
@@ -124,7 +130,7 @@ def test_every_query_of_the_routes_has_an_index(
     assert client.post(f"/v1/jobs/{created[1]['id']}/cancel").status_code == 202
 
     plans = []
-    with get_engine(app_settings).connect() as conn:
+    with app.state.sessionmaker.kw["bind"].connect() as conn:
         conn.execute(text("SET enable_seqscan = off"))  # a missing index then shows as a Seq Scan
         for statement, parameters in statements:
             if not READS.match(statement) or TRIVIAL.match(statement):
