@@ -126,8 +126,8 @@ class Stack:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory, service_settings: Settings) -> Iterator[Stack]:
-    if PG_BIN is None or REDIS is None:
-        pytest.skip("needs the Postgres server binaries and redis-server")
+    if PG_BIN is None or REDIS is None or os.geteuid() != 0:
+        pytest.skip("needs root (to run Postgres as its own user), the Postgres binaries and redis-server")
     root = tmp_path_factory.mktemp("restarts")
     postgres, redis = PrivatePostgres(), PrivateRedis(root / "redis")
     postgres.start()
