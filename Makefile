@@ -26,7 +26,7 @@ TEST_REDIS_DB ?= 15
 FASHION_MNIST_DIR ?= /usr/share/datasets/fashion-mnist
 PYTEST_ARGS ?=
 
-.PHONY: help venv install demo test services fashion-mnist lint format serve docker-build clean
+.PHONY: help venv install demo test services fashion-mnist wrk lint format serve docker-build clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  make %-14s %s\n", $$1, $$2}'
@@ -60,6 +60,19 @@ fashion-mnist: ## install the Fashion-MNIST Debian package when missing (the dem
 	  || { $$SUDO apt-get update -q </dev/null && $$SUDO apt-get install -y -q dataset-fashion-mnist </dev/null; } \
 	  || echo "==> could not install dataset-fashion-mnist: the demo will use synthetic images"
 
+wrk: ## install the load generator wrk (Debian package) for `argd bench api-latency` and its test; fails if it cannot
+	@if command -v wrk >/dev/null; then echo "==> wrk found: $$(command -v wrk)"; exit 0; fi
+	command -v apt-get >/dev/null || { echo "error: wrk is missing and there is no apt-get to install it" >&2; exit 1; }
+	if [ "$$(id -u)" -eq 0 ]; then SUDO=""; elif sudo -n true 2>/dev/null; then SUDO="sudo -n"; else
+	  echo "error: wrk is missing and installing the Debian package wrk needs root (or sudo)" >&2; exit 1
+	fi
+	echo "==> installing the Debian package wrk"
+	export DEBIAN_FRONTEND=noninteractive
+	$$SUDO apt-get install -y -q wrk </dev/null \
+	  || { $$SUDO apt-get update -q </dev/null && $$SUDO apt-get install -y -q wrk </dev/null; } \
+	  || { echo "error: could not install the Debian package wrk" >&2; exit 1; }
+	command -v wrk >/dev/null || { echo "error: wrk is still missing after apt-get" >&2; exit 1; }
+
 demo: $(STAMP) fashion-mnist ## the whole service on this machine: backdoored model in, cleansed model out
 	$(BIN)/argd demo
 
@@ -89,7 +102,7 @@ services: ## make sure Postgres and Redis answer on loopback, starting them when
 # throw-away database (dropped at the end) and a private Redis key prefix (tests/fixtures/database.py),
 # so runs on a shared machine never see each other's rows. pytest's exit 5 ("no tests collected") fails
 # the target too: a suite that silently ran nothing must not pass.
-test: $(STAMP) services fashion-mnist ## lint, type check, then the whole test suite (Postgres and Redis are checked and started)
+test: $(STAMP) services fashion-mnist wrk ## lint, type check, then the whole test suite (Postgres and Redis are checked and started)
 	@$(BIN)/python -c 'import sys, psycopg, redis; psycopg.connect(host=sys.argv[1], port=int(sys.argv[2]), user=sys.argv[3], dbname="postgres", connect_timeout=5).close(); redis.Redis(host=sys.argv[4], port=int(sys.argv[5]), socket_connect_timeout=5).ping()' \
 	  "$(PG_HOST)" "$(PG_PORT)" "$(PG_USER)" "$(REDIS_HOST)" "$(REDIS_PORT)" \
 	  || { echo "error: Postgres ($(PG_USER)@$(PG_HOST):$(PG_PORT)) or Redis ($(REDIS_HOST):$(REDIS_PORT)) refuses connections" >&2; exit 1; }

@@ -12,6 +12,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
 from argd.api.errors import Problem
+from argd.api.throttle import FailedAuthThrottle
 from argd.persistence import keys
 from argd.persistence.settings import Settings
 
@@ -38,14 +39,32 @@ def _unauthorized(detail: str, *, invalid_token: bool) -> Problem:
 
 
 def authenticate(
-    credentials: HTTPAuthorizationCredentials | None, session: Session, settings: Settings
+    credentials: HTTPAuthorizationCredentials | None,
+    session: Session,
+    settings: Settings,
+    throttle: FailedAuthThrottle,
+    client: str,
 ) -> Principal:
-    """The tenant of the bearer key; 401 problem (with WWW-Authenticate) when it is missing or unknown."""
+    """The tenant of the bearer key; 401 problem (with WWW-Authenticate) when it is missing or unknown,
+    429 (with Retry-After) while `client` is throttled for presenting too many invalid keys."""
     if credentials is None:
         raise _unauthorized("Missing API key: send 'Authorization: Bearer <key>'", invalid_token=False)
+    wait = throttle.retry_after(client)
+    if wait is not None:
+        raise Problem(
+            429,
+            "too_many_failed_authentications",
+            f"Too many invalid API keys from this client; try again in {wait} s",
+            headers={"Retry-After": str(wait)},
+        )
     tenant = keys.authenticate(session, credentials.credentials, settings)
     if tenant is None:
+        throttle.record_failure(client)
         raise _unauthorized("The API key is not valid (unknown or revoked)", invalid_token=True)
+    throttle.clear(client)
     principal = Principal(tenant_id=tenant.id, tenant_name=tenant.name)
-    session.rollback()  # end the read transaction; routes start their own work cleanly
+    if session.get_bind().dialect.name == "sqlite":
+        # A SQLite read transaction that later writes fails if another process wrote meanwhile; end it.
+        # On Postgres the route goes on in the same transaction: two round trips fewer per request.
+        session.rollback()
     return principal

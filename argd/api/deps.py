@@ -15,17 +15,21 @@ from fastapi.security import HTTPAuthorizationCredentials
 from sqlalchemy.orm import Session, sessionmaker
 
 from argd.api.auth import Principal, authenticate, bearer_scheme
+from argd.api.throttle import FailedAuthThrottle
 from argd.persistence.artifacts import LocalArtifactStore
 from argd.persistence.settings import Settings
 from argd.worker.dispatch import CeleryQueue
 
+# The dependencies that only read app.state are coroutines: FastAPI would run plain functions in its
+# thread pool, a thread hop per dependency per request on the polling path.
 
-def app_settings(request: Request) -> Settings:
+
+async def app_settings(request: Request) -> Settings:
     """The settings the app was created with."""
     return cast(Settings, request.app.state.settings)
 
 
-def app_store(request: Request) -> LocalArtifactStore:
+async def app_store(request: Request) -> LocalArtifactStore:
     """The artifact store of the app's data directory."""
     return cast(LocalArtifactStore, request.app.state.store)
 
@@ -44,9 +48,9 @@ def db_session(request: Request) -> Iterator[Session]:
         session.close()
 
 
-def job_queue(request: Request) -> CeleryQueue:
+async def job_queue(request: Request) -> CeleryQueue:
     """Where the app sends committed jobs and the webhooks of jobs it ends (the broker of its settings)."""
-    return CeleryQueue(app_settings(request))
+    return CeleryQueue(cast(Settings, request.app.state.settings))
 
 
 SettingsDep = Annotated[Settings, Depends(app_settings)]
@@ -56,12 +60,15 @@ QueueDep = Annotated[CeleryQueue, Depends(job_queue)]
 
 
 def current_principal(
+    request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
     session: SessionDep,
     settings: SettingsDep,
 ) -> Principal:
-    """The tenant of the bearer key, or a 401 problem (`argd.api.auth.authenticate`)."""
-    return authenticate(credentials, session, settings)
+    """The tenant of the bearer key, or a 401/429 problem (`argd.api.auth.authenticate`)."""
+    throttle = cast(FailedAuthThrottle, request.app.state.auth_throttle)
+    client = request.client.host if request.client else "unknown"
+    return authenticate(credentials, session, settings, throttle, client)
 
 
 PrincipalDep = Annotated[Principal, Depends(current_principal)]

@@ -15,6 +15,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy.exc import DataError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from argd.core.errors import ArgdError, Cancelled, InvalidInput
@@ -25,7 +26,9 @@ from argd.jobs.errors import (
     JobRefusal,
     NotFound,
     QueueUnavailable,
+    QuotaExceeded,
 )
+from argd.persistence.artifacts import STORAGE_FULL_MESSAGE, is_storage_full
 
 logger = logging.getLogger("argd.api")
 
@@ -47,9 +50,13 @@ _STATUS_CODES: dict[int, str] = {
     422: "validation_error",
     429: "too_many_requests",
     500: "internal",
+    507: "storage_full",
     503: "unavailable",
 }
 
+
+DATABASE_RETRY_AFTER_S = 5
+QUOTA_RETRY_AFTER_S = 30  # a 429 for active jobs: another job may have finished by then
 
 # The HTTP status of each kind of refusal of the job service.
 _REFUSAL_STATUS: dict[type[JobRefusal], int] = {
@@ -195,8 +202,43 @@ async def _handle_engine_error(request: Request, exc: Exception) -> JSONResponse
 
 async def _handle_refusal(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, JobRefusal)
+    if isinstance(exc, QuotaExceeded):
+        headers = {"Retry-After": str(QUOTA_RETRY_AFTER_S)} if exc.status == 429 else None
+        return problem_response(
+            request, exc.status, exc.code, exc.message, details=exc.details, headers=headers
+        )
     status = next(code for kind, code in _REFUSAL_STATUS.items() if isinstance(exc, kind))
     return problem_response(request, status, exc.code, exc.message, details=exc.details)
+
+
+async def _handle_database_down(request: Request, exc: Exception) -> JSONResponse:
+    """The database refused or dropped the connection: a 503 the client may retry, not a 500."""
+    logger.warning("database unavailable on %s %s: %s", request.method, request.url.path, exc)
+    return problem_response(
+        request,
+        503,
+        "database_unavailable",
+        "The database is unreachable right now; try again shortly",
+        headers={"Retry-After": str(DATABASE_RETRY_AFTER_S)},
+    )
+
+
+async def _handle_unstorable(request: Request, exc: Exception) -> JSONResponse:
+    """A value the database cannot store (a NUL character in text, a number out of range): bad input."""
+    return problem_response(
+        request,
+        422,
+        "invalid_value",
+        "The request holds a value the service cannot store (e.g. a NUL character in a text field)",
+    )
+
+
+async def _handle_os_error(request: Request, exc: Exception) -> JSONResponse:
+    """A full disk is the operators' problem, said plainly (507); any other OSError is internal."""
+    if is_storage_full(exc):
+        logger.error("storage full on %s %s: %s", request.method, request.url.path, exc)
+        return problem_response(request, 507, "storage_full", STORAGE_FULL_MESSAGE)
+    return await _handle_unexpected(request, exc)
 
 
 async def _handle_unexpected(request: Request, exc: Exception) -> JSONResponse:
@@ -211,6 +253,9 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _handle_validation_error)
     app.add_exception_handler(ArgdError, _handle_engine_error)
     app.add_exception_handler(JobRefusal, _handle_refusal)
+    app.add_exception_handler(OperationalError, _handle_database_down)
+    app.add_exception_handler(DataError, _handle_unstorable)
+    app.add_exception_handler(OSError, _handle_os_error)
     app.add_exception_handler(Exception, _handle_unexpected)
 
 
@@ -234,6 +279,10 @@ def document_problems(document: dict[str, Any]) -> dict[str, Any]:
     """
     for operations in document.get("paths", {}).values():
         for operation in operations.values():
+            if operation.get("security"):  # a keyed route may throttle failed keys (argd.api.throttle)
+                operation.setdefault("responses", {}).setdefault(
+                    "429", {"description": "Too many invalid API keys from this client, or a quota"}
+                )
             for status, response in operation.get("responses", {}).items():
                 if status[0] in "45":
                     response["content"] = _problem_content()

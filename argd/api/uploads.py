@@ -62,6 +62,28 @@ class ReceivedForm:
                 received.path.unlink()
 
 
+MAX_FILENAME_LENGTH = 255
+
+
+def checked_filename(raw: bytes) -> str:
+    """The upload's file name as text; a 422 `invalid_filename` for names no honest client sends: not
+    UTF-8, control characters (NUL included: Postgres text cannot hold it), '..' path components, or
+    longer than 255 characters. Only the base name is ever used, and never as a path."""
+    try:
+        name = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise Problem(422, "invalid_filename", "The file name is not valid UTF-8") from None
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in name):
+        raise Problem(422, "invalid_filename", "The file name contains control characters (e.g. NUL)")
+    if len(name) > MAX_FILENAME_LENGTH:
+        raise Problem(
+            422, "invalid_filename", f"The file name is longer than {MAX_FILENAME_LENGTH} characters"
+        )
+    if ".." in name.replace("\\", "/").split("/"):
+        raise Problem(422, "invalid_filename", "The file name must not contain '..' path components")
+    return name
+
+
 def file_suffix(filename: str, allowed: Iterable[str]) -> str | None:
     """The allowed suffix the file name ends with (case-insensitive), or None."""
     name = os.path.basename(filename.replace("\\", "/")).lower()
@@ -213,7 +235,7 @@ class _MultipartReader:
             )
         part.name = options[b"name"].decode("utf-8", "replace")
         raw_filename = options.get(b"filename")
-        part.filename = None if raw_filename is None else raw_filename.decode("utf-8", "replace")
+        part.filename = None if raw_filename is None else checked_filename(raw_filename)
         part.content_type = part.headers.get("content-type")
         if part.name in self.form.fields or part.name in self.form.files:
             raise Problem(422, "invalid_form", f"The form field '{part.name}' appears more than once")

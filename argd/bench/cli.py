@@ -193,6 +193,44 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--repeats", type=positive_int, help="timed epochs per method (default: 5, quick: 2)")
     s.add_argument("--preset", default="default", help="CleanseParams preset (default|reference)")
 
+    j = sub.add_parser(
+        "job-speed",
+        help="the same cleanse as a service job and as `argd cleanse`, side by side (wall times, ratio)",
+        description="Alternate one-shot `argd cleanse` runs and jobs on the embedded service (argd serve) "
+        "over the same synthetic data and model, and report the median wall and engine times of each and "
+        "the ratio service / CLI (goal: within 5 %%).",
+    )
+    j.add_argument("--images", type=positive_int, default=3000, help="clean images (default: %(default)s)")
+    j.add_argument("--epochs", type=positive_int, default=2, help="student epochs (default: %(default)s)")
+    j.add_argument("--teacher-epochs", type=positive_int, default=2, help="default: %(default)s")
+    j.add_argument(
+        "--rounds", type=positive_int, default=2, help="CLI + service pairs (default: %(default)s)"
+    )
+    j.add_argument("--architecture", default="wrn-16-1", help="default: %(default)s")
+    j.add_argument("--method", default="argd", help="default: %(default)s")
+    j.add_argument("--seed", type=int, default=0)
+    j.add_argument("--out", type=Path, help="folder for job-speed.json and job-speed.md")
+
+    f = sub.add_parser(
+        "fuzz",
+        help="schemathesis over the live OpenAPI document, with a key and without (needs the dev extra)",
+        description="Start the API on a throw-away Postgres and send every operation EXAMPLES generated "
+        "requests with a valid key and without one; fails on any server error or answer outside the "
+        "documented schema.",
+    )
+    f.add_argument("--examples", type=positive_int, default=100, help="per operation (default: %(default)s)")
+    f.add_argument("--out", type=Path, help="folder for fuzz.json and fuzz.md")
+
+    r = sub.add_parser(
+        "reliability",
+        help="the page of reliability and security figures (bench/results/reliability.md)",
+        description="Run the reliability test files (hostile inputs, access control, webhooks, faults, "
+        "fuzzing, polling) and count their cases, then `fuzz` and `api-latency`, and write one page.",
+    )
+    r.add_argument("--latency-duration", type=float, default=10.0, help="seconds per rate (default: 10)")
+    r.add_argument("--fuzz-examples", type=positive_int, default=50, help="per operation (default: 50)")
+    r.add_argument("--out", type=Path, help="folder for reliability.json and reliability.md")
+
     add_subcommands(sub)  # the service benchmarks: api-latency, upload-memory
     return parser
 
@@ -206,6 +244,31 @@ def main(argv: list[str] | None = None) -> int:
         print("argd bench: error: --test-npz needs --train-npz", file=sys.stderr)
         return 2
     try:
+        if args.command == "job-speed":
+            return _job_speed(args)
+        if args.command == "reliability":
+            from argd.bench.reliability import reliability_markdown, run_reliability
+            from argd.bench.stats import publish
+
+            result = run_reliability(
+                latency_duration_s=args.latency_duration, fuzz_examples=args.fuzz_examples
+            )
+            publish(result, reliability_markdown(result), "reliability", args.out)
+            if args.out is not None:  # the two service runs it made, as their own commands write them
+                from argd.bench.fuzz import fuzz_markdown
+                from argd.bench.latency import latency_markdown
+                from argd.bench.stats import write_result
+
+                write_result(result["latency"], args.out, "api-latency", latency_markdown(result["latency"]))
+                write_result(result["fuzz"], args.out, "fuzz", fuzz_markdown(result["fuzz"]))
+            return 0
+        if args.command == "fuzz":
+            from argd.bench.fuzz import fuzz_markdown, run_fuzz
+            from argd.bench.stats import publish
+
+            result = run_fuzz(examples=args.examples)
+            publish(result, fuzz_markdown(result), "fuzz", args.out)
+            return 0
         if args.command == "merge":
             from argd.bench.defense import merge_defense_reports
 
@@ -233,6 +296,23 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("argd bench: interrupted", file=sys.stderr)
         return 130
+    return 0
+
+
+def _job_speed(args: argparse.Namespace) -> int:
+    from argd.bench.job_speed import job_speed_markdown, run_job_speed
+    from argd.bench.stats import publish
+
+    result = run_job_speed(
+        images=args.images,
+        epochs=args.epochs,
+        teacher_epochs=args.teacher_epochs,
+        rounds=args.rounds,
+        architecture=args.architecture,
+        method=args.method,
+        seed=args.seed,
+    )
+    publish(result, job_speed_markdown(result), "job-speed", args.out)
     return 0
 
 

@@ -8,28 +8,45 @@ directory.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
 from argd.bench.apiserver import DEFAULT_ADMIN_URL
-from argd.bench.latency import latency_markdown, run_latency
-from argd.bench.stats import write_result
+from argd.bench.latency import DEFAULT_RATES, ENDPOINTS, latency_markdown, run_latency
+from argd.bench.stats import publish
 from argd.bench.upload_memory import run_upload_memory, upload_markdown
-from argd.cli.argtypes import positive_float, positive_int
+from argd.cli.argtypes import csv_list, positive_float, positive_int, whole_number_list
 
 
 def add_latency_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of the latency benchmark (`argd bench api-latency`)."""
     parser.add_argument(
-        "--clients", type=positive_int, default=16, help="concurrent clients (default: %(default)s)"
+        "--rates",
+        type=whole_number_list,
+        default=list(DEFAULT_RATES),
+        help="fixed request rates per second, comma-separated (default: 100,300,1000)",
     )
     parser.add_argument(
-        "--requests", type=positive_int, default=500, help="timed requests per client (default: %(default)s)"
+        "--endpoints",
+        type=csv_list,
+        default=list(ENDPOINTS),
+        help=f"what to load, comma-separated among {','.join(ENDPOINTS)} (default: all)",
     )
     parser.add_argument(
-        "--warmup", type=int, default=20, help="untimed requests per client first (default: %(default)s)"
+        "--duration", type=positive_float, default=10.0, help="seconds per rate (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--warmup", type=float, default=3.0, help="untimed seconds per endpoint first (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--connections", type=positive_int, default=64, help="wrk connections (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--p99-budget-ms", type=positive_float, default=50.0, help="p99 of a held rate (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--no-search", action="store_true", help="only the fixed rates, no search for the highest one held"
     )
     parser.add_argument("--jobs", type=positive_int, default=1000, help="jobs seeded (default: %(default)s)")
     parser.add_argument(
@@ -38,11 +55,8 @@ def add_latency_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--server-workers",
         type=positive_int,
-        default=1,
+        default=2,
         help="uvicorn worker processes (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--max-seconds", type=positive_float, default=600.0, help="stop the timed phase after this long"
     )
     parser.add_argument(
         "--pg-admin-url", default=DEFAULT_ADMIN_URL, help="Postgres URL allowed to create databases"
@@ -96,9 +110,10 @@ def add_subcommands(subparsers: Any) -> None:
     add_latency_arguments(
         subparsers.add_parser(
             "api-latency",
-            help="GET /v1/jobs/{id} latency under concurrent clients (Postgres, live server)",
-            description="Seed a throw-away Postgres database with jobs, start the API, and measure "
-            "p50/p90/p99 latency and throughput of GET /v1/jobs/{id} with concurrent keep-alive clients.",
+            help="job poll and listing latency at fixed rates, measured with wrk (Postgres, live server)",
+            description="Seed a throw-away Postgres database with jobs and their events, start the API, "
+            "and offer GET /v1/jobs/{id} (plain and with If-None-Match) and GET /v1/jobs fixed request "
+            "rates with wrk; report p50/p99/max per rate and the highest rate held within the p99 budget.",
         )
     )
     add_upload_memory_arguments(
@@ -116,15 +131,18 @@ def run_from_args(args: argparse.Namespace) -> int:
     try:
         if args.service_bench == "latency":
             result = run_latency(
-                clients=args.clients,
-                requests_per_client=args.requests,
-                warmup_per_client=args.warmup,
+                rates=args.rates,
+                endpoints=args.endpoints,
+                duration_s=args.duration,
+                warmup_s=args.warmup,
+                connections=args.connections,
                 jobs=args.jobs,
                 tenants=args.tenants,
                 server_workers=args.server_workers,
+                p99_budget_ms=args.p99_budget_ms,
+                search=not args.no_search,
                 admin_url=args.pg_admin_url,
                 seed=args.seed,
-                max_seconds=args.max_seconds,
             )
             name, markdown = "api-latency", latency_markdown(result)
         else:
@@ -144,12 +162,7 @@ def run_from_args(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("argd bench: interrupted", file=sys.stderr)
         return 130
-    print(markdown)
-    print()
-    print(json.dumps(result, indent=2))
-    if args.out is not None:
-        path = write_result(result, args.out, name, markdown)
-        print(f"wrote {path} and {path.with_suffix('.md')}", file=sys.stderr)
+    publish(result, markdown, name, args.out)
     if result.get("errors"):
         print(f"argd bench: {result['errors']} request(s) failed", file=sys.stderr)
         return 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -45,3 +46,13 @@ def write_result(result: dict[str, Any], out_dir: Path, name: str, markdown: str
     path.write_text(json.dumps(result, indent=2) + "\n")
     (out_dir / f"{name}.md").write_text(markdown + "\n")
     return path
+
+
+def publish(result: dict[str, Any], markdown: str, name: str, out_dir: Path | None) -> None:
+    """Print a benchmark's Markdown and JSON; with `out_dir`, also write `<name>.json` and `<name>.md`."""
+    print(markdown)
+    print()
+    print(json.dumps(result, indent=2))
+    if out_dir is not None:
+        path = write_result(result, out_dir, name, markdown)
+        print(f"wrote {path} and {path.with_suffix('.md')}", file=sys.stderr)

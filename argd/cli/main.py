@@ -92,11 +92,24 @@ def describe_error(exc: BaseException) -> tuple[int, str]:
         return EXIT_FAILURE, _one_line(str(exc))
     if isinstance(exc, ArgdClientError):
         return EXIT_SERVER, _one_line(str(exc))
+    if _missing_table(exc):
+        return EXIT_USAGE, "the database has no argd schema (or an old one): run `argd migrate`"
     if isinstance(exc, FileNotFoundError | IsADirectoryError | PermissionError):
         name = exc.filename if getattr(exc, "filename", None) else ""
         text = f"{exc.strerror}: {name}" if exc.strerror and name else str(exc)
         return EXIT_USAGE, _one_line(text)
     return EXIT_FAILURE, f"internal error: {type(exc).__name__}: {_one_line(str(exc))} (rerun with --debug)"
+
+
+def _missing_table(exc: BaseException) -> bool:
+    """A query that met a missing table (SQLite "no such table", Postgres UndefinedTable): the schema was
+    never made or is behind, which the operator fixes with `argd migrate`, not an internal error."""
+    from sqlalchemy.exc import OperationalError, ProgrammingError
+
+    if not isinstance(exc, OperationalError | ProgrammingError):
+        return False
+    text = str(exc.orig)
+    return "no such table" in text or getattr(exc.orig, "sqlstate", None) == "42P01"
 
 
 def _one_line(text: str) -> str:

@@ -68,6 +68,22 @@ def register(commands: argparse._SubParsersAction[ArgumentParser]) -> None:
     kr.add_argument("prefix", help="the prefix shown by 'argd keys list' (e.g. argd_AbCdEfGh)")
     kr.set_defaults(func=cmd_keys_revoke)
 
+    q = commands.add_parser(
+        "quota",
+        help="show or set a tenant's quotas",
+        description="Print a tenant's quotas as JSON, after changing the ones given. A value is a whole "
+        "number, or 'none' to lift the limit. Past a quota the API answers 413 (stored bytes, job epochs) "
+        "or 429 (active jobs) naming it.",
+    )
+    q.add_argument("--tenant", required=True, help="tenant name (as in 'argd keys create --tenant')")
+    for flag, what in (
+        ("--max-stored-bytes", "bytes of models and datasets stored"),
+        ("--max-active-jobs", "queued and running jobs at once"),
+        ("--max-job-epochs", "teacher plus student epochs of one job"),
+    ):
+        q.add_argument(flag, type=_quota_value, default=argparse.SUPPRESS, help=what)
+    q.set_defaults(func=cmd_quota)
+
 
 # --------------------------------------------------------------------------------------------------- serve
 
@@ -78,7 +94,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     settings = _settings()
     settings.ensure_dirs()
-    if not args.no_migrate:
+    if args.no_migrate:
+        _check_schema(settings)
+    else:
         _upgrade(settings)
     from argd.api.app import create_app
 
@@ -149,6 +167,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if overrides:
         settings = settings.model_copy(update=overrides)
     settings.ensure_dirs()
+    _ready_schema(settings)
     from argd.worker.main import run_worker
 
     run_worker(settings, loglevel=args.log_level.upper())
@@ -171,6 +190,33 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _ready_schema(settings: Any) -> None:
+    """Before a command uses the database: the embedded SQLite file is created or upgraded here; any other
+    database that is behind stops the command with exit 2 and `run argd migrate`."""
+    from argd.persistence import migrate
+
+    if migrate.is_embedded(settings):
+        settings.ensure_dirs()
+        _upgrade(settings)
+    else:
+        _check_schema(settings)
+
+
+def _check_schema(settings: Any) -> None:
+    """Exit 2 with `run argd migrate` unless the schema is at the newest revision (nothing is changed)."""
+    from argd.persistence import migrate
+
+    try:
+        current, head = migrate.current_revision(settings), migrate.head_revision()
+    except Exception as exc:
+        raise CliError(
+            f"cannot read the schema of {_safe_url(settings.database_url)}: {type(exc).__name__}: {exc}",
+            EXIT_FAILURE,
+        ) from exc
+    if current != head:
+        raise CliError(str(migrate.SchemaNotReady(_safe_url(settings.database_url), current, head)))
+
+
 def _upgrade(settings: Any, revision: str = "head") -> None:
     from argd.persistence import migrate
 
@@ -191,6 +237,7 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
     from argd.persistence.keys import create_key
 
     settings = _settings()
+    _ready_schema(settings)
     try:
         with session_scope(settings) as session:
             key = create_key(session, args.tenant, settings)
@@ -208,7 +255,9 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
     from argd.persistence.db import session_scope
     from argd.persistence.models import ApiKey
 
-    with session_scope(_settings()) as session:
+    settings = _settings()
+    _ready_schema(settings)
+    with session_scope(settings) as session:
         rows = [
             {
                 "prefix": key.prefix,
@@ -234,11 +283,43 @@ def cmd_keys_revoke(args: argparse.Namespace) -> int:
     from argd.persistence.db import session_scope
     from argd.persistence.keys import revoke_key
 
-    with session_scope(_settings()) as session:
+    settings = _settings()
+    _ready_schema(settings)
+    with session_scope(settings) as session:
         count = revoke_key(session, args.prefix)
     if count == 0:
         raise CliError(f"no active key with prefix {args.prefix!r}", EXIT_FAILURE)
     print(f"revoked {count} key(s) with prefix {args.prefix}")
+    return EXIT_OK
+
+
+def _quota_value(text: str) -> int | None:
+    if text.strip().lower() == "none":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number or 'none', got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be >= 0")
+    return value
+
+
+def cmd_quota(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from argd.persistence.db import session_scope
+    from argd.persistence.quotas import QUOTA_NAMES, set_quotas
+
+    settings = _settings()
+    _ready_schema(settings)
+    changes = {name: getattr(args, name) for name in QUOTA_NAMES if hasattr(args, name)}
+    try:
+        with session_scope(settings) as session:
+            quotas = set_quotas(session, args.tenant, changes)
+    except LookupError as exc:
+        raise CliError(str(exc).strip("'\"")) from None
+    print_json({"tenant": args.tenant, **asdict(quotas)})
     return EXIT_OK
 
 

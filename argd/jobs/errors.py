@@ -36,3 +36,12 @@ class JobConflict(JobRefusal):
 
 class QueueUnavailable(JobRefusal):
     """The job could not be handed to the workers; nothing was created."""
+
+
+class QuotaExceeded(JobRefusal):
+    """Past one of the tenant's quotas; `status` is 413 (too big by itself) or 429 (try again later)."""
+
+    def __init__(self, status: int, quota: str, message: str, *, limit: int, used: int):
+        super().__init__("quota_exceeded", message, details={"quota": quota, "limit": limit, "used": used})
+        self.status = status
+        self.quota = quota

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from argd.core.params import CleanseParams
 from argd.core.spec import ModelSpec
+from argd.jobs import quotas
 from argd.jobs.errors import (
     InvalidIdempotencyKey,
     InvalidJobRequest,
@@ -208,6 +209,8 @@ def create(
         if existing is not None:  # replayed before validation: its inputs may be gone by now
             return Submission(existing, replayed=True)
     validate_inputs(session, body, tenant_id, settings)
+    teacher_epochs = params.teacher_epochs if params.needs_teacher and body.teacher_model_id is None else 0
+    quotas.check_job(session, tenant_id, epochs=params.epochs + teacher_epochs)
     try:
         job, created = job_state.create_job(
             session,

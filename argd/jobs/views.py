@@ -6,6 +6,7 @@ same object, key for key.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, get_args
 
@@ -64,3 +65,12 @@ def _summary_fields(job: Job) -> dict[str, Any]:
         "started_at": job.started_at,
         "finished_at": job.finished_at,
     }
+
+
+def job_etag(job: Job, history_marker: tuple[int, int]) -> str:
+    """The entity tag of `GET /v1/jobs/{id}`: a digest of the job's public fields and of its history's
+    (count, newest event id), so it changes exactly when the answer does, and a poll that presents it
+    again is answered 304 without reading the history (heartbeats touch no public field)."""
+    digest = hashlib.sha256(job_summary(job).model_dump_json().encode())
+    digest.update(f"/{history_marker[0]}/{history_marker[1]}".encode())
+    return f'"{digest.hexdigest()[:32]}"'

@@ -12,6 +12,7 @@ transaction has committed, their files.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import re
@@ -32,6 +33,15 @@ from argd.persistence.tempfiles import STAGING_SUFFIX, staging_dir
 
 CHUNK_SIZE = 1024 * 1024
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+STORAGE_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+STORAGE_FULL_MESSAGE = "The artifact store is full; nothing was stored. The operators must free space."
+
+
+def is_storage_full(exc: BaseException) -> bool:
+    """Whether a write failed because the disk (or a quota of the file system) is full."""
+    return isinstance(exc, OSError) and exc.errno in STORAGE_FULL_ERRNOS
 
 
 class ArtifactTooLarge(ValueError):

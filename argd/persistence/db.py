@@ -119,7 +119,7 @@ def get_owned(
     `lock` takes a row lock on Postgres (FOR UPDATE / FOR SHARE) so that deleting a model or dataset and
     creating a job that uses it cannot interleave.
     """
-    if len(row_id) > MAX_ID_LENGTH:
+    if len(row_id) > MAX_ID_LENGTH or "\x00" in row_id:  # Postgres text cannot hold NUL: no such row
         return None
     options: dict[str, Any] = {}
     if lock is not None:

@@ -41,7 +41,7 @@ ALLOWED_TRANSITIONS: dict[str, frozenset[str]] = {
 }
 
 # Error codes a failed job can carry; messages are for humans and never hold stack traces.
-ERROR_CODES = ("invalid_input", "out_of_memory", "timed_out", "worker_lost", "internal")
+ERROR_CODES = ("invalid_input", "out_of_memory", "storage_full", "timed_out", "worker_lost", "internal")
 INTERNAL_ERROR_MESSAGE = (
     "The job failed because of an internal error; the operators have the details in the logs."
 )
@@ -194,6 +194,18 @@ def find_replay(session: Session, tenant_id: str, key: str, request_hash: str | 
 def job_events(session: Session, job_id: str) -> list[JobEvent]:
     """The job's per-epoch history in the order it happened (teacher epochs, then distillation epochs)."""
     return list(session.scalars(select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.id)))
+
+
+def history_marker(session: Session, job_id: str) -> tuple[int, int]:
+    """(count, newest id) of the job's events: one index-only look-up that changes whenever the history
+    does (events are only added, or replaced with a new id), so a status poll can tell "unchanged" without
+    reading every event row."""
+    count, newest = session.execute(
+        select(func.count(JobEvent.id), func.coalesce(func.max(JobEvent.id), 0)).where(
+            JobEvent.job_id == job_id
+        )
+    ).one()
+    return int(count), int(newest)
 
 
 def webhook_deliveries(session: Session, job_id: str) -> list[WebhookDelivery]:

@@ -12,6 +12,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from sqlalchemy.engine import make_url
 
 from argd.persistence.db import make_engine
 from argd.persistence.settings import Settings, get_settings
@@ -58,3 +59,20 @@ def current_revision(settings: Settings | None = None) -> str | None:
 def head_revision() -> str | None:
     """The newest revision among the scripts."""
     return ScriptDirectory.from_config(alembic_config(Settings())).get_current_head()
+
+
+class SchemaNotReady(RuntimeError):
+    """The database is not at the newest revision and this process may not migrate it (not the embedded
+    SQLite file): the operator runs `argd migrate` (the message says so)."""
+
+    def __init__(self, url: str, current: str | None, head: str | None):
+        at = f"at revision {current}" if current else "empty (no argd tables)"
+        super().__init__(f"the database {url} is {at}; the newest is {head}: run `argd migrate`")
+        self.current = current
+        self.head = head
+
+
+def is_embedded(settings: Settings) -> bool:
+    """Whether the database is a SQLite file, which belongs to this data directory and may be migrated
+    by any command that needs it (a shared Postgres is migrated only by `argd migrate`)."""
+    return make_url(settings.database_url).get_backend_name() == "sqlite"

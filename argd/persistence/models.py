@@ -88,6 +88,10 @@ class Tenant(Base):
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     name: Mapped[str] = mapped_column(String(200), unique=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Quotas the operator sets (`argd quota`); None: no limit.
+    max_stored_bytes: Mapped[int | None] = mapped_column(BigInteger, doc="models and datasets, in bytes")
+    max_active_jobs: Mapped[int | None] = mapped_column(Integer, doc="queued and running jobs at once")
+    max_job_epochs: Mapped[int | None] = mapped_column(Integer, doc="teacher plus student epochs of a job")
 
     api_keys: Mapped[list[ApiKey]] = relationship(back_populates="tenant", cascade="all, delete-orphan")
 
@@ -137,7 +141,7 @@ class Model(UploadColumns, Base):
     """An uploaded classifier: its weights (safetensors) and the spec that rebuilds it."""
 
     __tablename__ = "models"
-    __table_args__ = (Index("ix_models_tenant_created", "tenant_id", "created_at"),)
+    __table_args__ = (Index("ix_models_tenant_created", "tenant_id", "created_at", "id"),)
 
     spec: Mapped[dict[str, Any]]
     parameters: Mapped[int] = mapped_column(BigInteger, default=0, doc="number of weights")
@@ -147,7 +151,7 @@ class Dataset(UploadColumns, Base):
     """An uploaded image set (`format`: 'npz' or 'zip', as stored)."""
 
     __tablename__ = "datasets"
-    __table_args__ = (Index("ix_datasets_tenant_created", "tenant_id", "created_at"),)
+    __table_args__ = (Index("ix_datasets_tenant_created", "tenant_id", "created_at", "id"),)
 
     format: Mapped[str] = mapped_column(String(16), default="npz")
     count: Mapped[int] = mapped_column(Integer)
@@ -162,19 +166,27 @@ class Job(Base):
     __table_args__ = (
         CheckConstraint(f"status IN ({', '.join(repr(str(s)) for s in JobStatus)})", name="status"),
         UniqueConstraint("tenant_id", "idempotency_key", name="uq_jobs_tenant_idempotency_key"),
-        Index("ix_jobs_tenant_created", "tenant_id", "created_at"),
+        # Listings are keyset pages newest first, with or without a status filter (argd.api.pagination).
+        Index("ix_jobs_tenant_created", "tenant_id", "created_at", "id"),
+        Index("ix_jobs_tenant_status_created", "tenant_id", "status", "created_at", "id"),
         Index("ix_jobs_status", "status"),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
     model_id: Mapped[str | None] = mapped_column(ForeignKey("models.id", ondelete="SET NULL"), index=True)
-    teacher_model_id: Mapped[str | None] = mapped_column(ForeignKey("models.id", ondelete="SET NULL"))
+    teacher_model_id: Mapped[str | None] = mapped_column(
+        ForeignKey("models.id", ondelete="SET NULL"), index=True
+    )
     clean_dataset_id: Mapped[str | None] = mapped_column(
         ForeignKey("datasets.id", ondelete="SET NULL"), index=True
     )
-    test_dataset_id: Mapped[str | None] = mapped_column(ForeignKey("datasets.id", ondelete="SET NULL"))
-    poisoned_dataset_id: Mapped[str | None] = mapped_column(ForeignKey("datasets.id", ondelete="SET NULL"))
+    test_dataset_id: Mapped[str | None] = mapped_column(
+        ForeignKey("datasets.id", ondelete="SET NULL"), index=True
+    )
+    poisoned_dataset_id: Mapped[str | None] = mapped_column(
+        ForeignKey("datasets.id", ondelete="SET NULL"), index=True
+    )
     target_label: Mapped[int | None]
     method: Mapped[str] = mapped_column(String(16))
     params: Mapped[dict[str, Any]]
@@ -221,7 +233,10 @@ class JobEvent(Base):
     """One completed epoch of a job (per phase): its losses and metrics, and the attempt that ran it."""
 
     __tablename__ = "job_events"
-    __table_args__ = (UniqueConstraint("job_id", "phase", "epoch", name="uq_job_events_job_phase_epoch"),)
+    __table_args__ = (
+        UniqueConstraint("job_id", "phase", "epoch", name="uq_job_events_job_phase_epoch"),
+        Index("ix_job_events_job", "job_id", "id"),  # a job's history in order, and its newest event
+    )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))

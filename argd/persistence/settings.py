@@ -126,6 +126,12 @@ class Settings(BaseSettings):
     api_key_pepper: SecretStr = Field(
         SecretStr(""), description="Secret mixed into API-key hashes; changing it invalidates every key"
     )
+    auth_failure_limit: int = Field(
+        20, ge=1, le=100_000, description="Invalid API keys from one client address before it gets 429"
+    )
+    auth_failure_window_s: float = Field(
+        60.0, gt=0, le=86_400, description="Window over which invalid keys from one client are counted"
+    )
     cors_origins: list[str] = Field(
         default_factory=list, description="Origins allowed to call the API from a browser (JSON list)"
     )

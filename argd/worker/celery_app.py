@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 from typing import Any
 
@@ -92,12 +93,23 @@ def get_celery(settings: Settings | None = None) -> Celery:
         return app
 
 
+def pool_threads(settings: Settings) -> int:
+    """torch's intra-op threads in a pool process: ARGD_TORCH_THREADS, else OMP_NUM_THREADS when it is a
+    number, else every CPU this process may run on (what a one-shot `argd cleanse` gets)."""
+    if settings.torch_threads:
+        return settings.torch_threads
+    omp = os.environ.get("OMP_NUM_THREADS", "").strip()
+    return int(omp) if omp.isdigit() and int(omp) > 0 else len(os.sched_getaffinity(0))
+
+
 @worker_process_init.connect
 def _init_pool_process(**_: Any) -> None:
-    """In each forked pool process: drop inherited DB connections, set torch's thread count."""
+    """In each forked pool process: drop inherited DB connections, and set torch's thread count here,
+    after the fork, where the job runs (a count inherited from the parent, or left to a library's guess
+    in a forked child, is not trusted)."""
     dispose_engines(close=False)
-    settings = get_settings()
-    if settings.torch_threads is not None:
-        import torch
+    import torch
 
-        torch.set_num_threads(settings.torch_threads)
+    threads = pool_threads(get_settings())
+    torch.set_num_threads(threads)
+    log.info("pool process %d: torch on %d threads", os.getpid(), threads)

@@ -24,7 +24,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 
 from argd.jobs.service import announce_end
 from argd.persistence import jobs
-from argd.persistence.artifacts import ArtifactStore, get_store
+from argd.persistence.artifacts import STORAGE_FULL_MESSAGE, ArtifactStore, get_store, is_storage_full
 from argd.persistence.db import RowT, session_scope
 from argd.persistence.models import Dataset, Job, Model
 from argd.persistence.settings import Settings, get_settings
@@ -308,7 +308,7 @@ def _execute(
         spec=spec,
         target_label=job.target_label,
         device=settings.device,
-        extra={"job_id": job.id, "attempts": attempt},
+        extra={"job_id": job.id, "attempts": attempt, "torch_threads": torch_threads()},
     )
     report_blob = store.put_stream([json.dumps(report, indent=2, sort_keys=True).encode()])
     with session_scope(settings) as session:
@@ -322,6 +322,14 @@ def _execute(
             report=report_blob,
             epochs=params.epochs,
         )
+
+
+def torch_threads() -> int:
+    """The intra-op threads torch used in this pool process (the report shows it: a job at one thread on
+    a many-core worker is the first thing to rule out when a job is slower than `argd cleanse`)."""
+    import torch
+
+    return int(torch.get_num_threads())
 
 
 def classify_failure(exc: BaseException, settings: Settings) -> tuple[str, str] | None:
@@ -338,6 +346,8 @@ def classify_failure(exc: BaseException, settings: Settings) -> tuple[str, str] 
         isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
     ):
         return "out_of_memory", OOM_MESSAGE
+    if is_storage_full(exc):
+        return "storage_full", STORAGE_FULL_MESSAGE
     if isinstance(exc, ArgdError) and exc.code == "diverged":
         return "invalid_input", exc.message  # the user's hyperparameters made training diverge
     return "internal", jobs.INTERNAL_ERROR_MESSAGE

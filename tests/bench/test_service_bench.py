@@ -88,36 +88,29 @@ def test_npz_body_over_the_engine_limits_is_refused_up_front() -> None:
 
 
 @pytest.mark.service
-def test_latency_tiny_run_reports_ordered_percentiles(
+def test_latency_tiny_run_paces_wrk_and_reports_every_endpoint(
     postgres: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    argv = [
-        "api-latency",
-        "--clients",
-        "2",
-        "--requests",
-        "50",
-        "--warmup",
-        "3",
-        "--jobs",
-        "40",
-        "--tenants",
-        "2",
-    ]
+    argv = ["api-latency", "--rates", "20", "--duration", "2", "--warmup", "0", "--no-search"]
+    argv += ["--jobs", "40", "--tenants", "2", "--connections", "4", "--server-workers", "1"]
     assert main([*argv, "--pg-admin-url", postgres, "--out", str(tmp_path)]) == 0
     result = json.loads((tmp_path / "api-latency.json").read_text())
-    assert "| clients | requests | p50 ms" in (tmp_path / "api-latency.md").read_text()
-    assert "p99 ms" in capsys.readouterr().out
+    assert "| offered /s | achieved /s | p50 ms | p99 ms" in (tmp_path / "api-latency.md").read_text()
+    assert "highest rate held" in capsys.readouterr().out
 
-    assert result["errors"] == 0, result["error_samples"]
-    assert result["requests"] == result["requests_planned"] == 100
-    assert result["stopped_early"] is False
-    ms = result["latency_ms"]
-    assert 0 < ms["min"] <= ms["p50"] <= ms["p90"] <= ms["p99"] <= ms["max"]
-    assert ms["min"] <= ms["mean"] <= ms["max"]
-    assert result["requests_per_s"] > 0
+    assert set(result["endpoints"]) == {"job", "job-304", "list"}
+    sizes = {}
+    for name, data in result["endpoints"].items():
+        (step,) = data["steps"]
+        assert step["errors"] == 0, (name, step["error_kinds"])
+        # The pacing script holds the offered rate: classic wrk alone would send as fast as it can.
+        assert 0.6 * 20 <= step["achieved_per_s"] <= 1.4 * 20, (name, step)
+        ms = step["latency_ms"]
+        assert 0 < ms["p50"] <= ms["p99"] <= ms["max"]
+        sizes[name] = step["bytes_per_response"]
+    # A job with params, metrics and history; the unchanged poll is headers only (304); pages hold jobs.
+    assert sizes["job"] > 2000 and sizes["job-304"] < 400 and sizes["list"] > 2000, sizes
     assert result["jobs_seeded"] == 40 and result["events_seeded"] > 0
-    assert result["response_bytes_mean"] > 500  # a job with params and metrics, not an error body
     assert not _database_exists(postgres, result["database"]["name"])
 
 

@@ -106,9 +106,10 @@ def test_delivery_rechecks_the_target_and_sends_nothing_to_a_forbidden_one() -> 
 
 
 class _Receiver:
-    """A local HTTP endpoint that fails the first `failures` requests, then answers 204."""
+    """A local HTTP endpoint that fails the first `failures` requests, then answers 204 (or, with
+    `redirect_to`, answers every request with a 307 to it)."""
 
-    def __init__(self, failures: int):
+    def __init__(self, failures: int, redirect_to: str | None = None):
         self.failures = failures
         self.requests: list[tuple[dict[str, str], bytes]] = []
         receiver = self
@@ -118,7 +119,9 @@ class _Receiver:
                 body = self.rfile.read(int(self.headers["content-length"]))
                 receiver.requests.append(({k.lower(): v for k, v in self.headers.items()}, body))
                 failing = len(receiver.requests) <= receiver.failures
-                self.send_response(500 if failing else 204)
+                self.send_response(307 if redirect_to else 500 if failing else 204)
+                if redirect_to:
+                    self.send_header("location", redirect_to)
                 self.send_header("content-length", "0")
                 self.end_headers()
 
@@ -228,3 +231,19 @@ def test_webhook_job_is_the_apis_job_key_for_key(
     for key in polled:
         assert pushed[key] == polled[key], key
     assert polled["status"] == "succeeded" and polled["history"] and polled["result_sha256"]
+
+
+@pytest.mark.parametrize("where", ["receiver", "metadata"])
+def test_a_redirect_is_never_followed(receiver: _Receiver, where: str) -> None:
+    """A receiver that redirects (to another local endpoint, or to the cloud metadata address) gets a
+    failed, retried delivery; the redirect's target is never called."""
+    location = receiver.url if where == "receiver" else "http://169.254.169.254/latest/meta-data/"
+    redirector = _Receiver(failures=0, redirect_to=location)
+    try:
+        secret = tenant_webhook_secret(LOOPBACK_OK, "t")
+        result = post_signed(redirector.url, b"{}", message_id="msg_r", secret=secret, settings=LOOPBACK_OK)
+    finally:
+        redirector.close()
+    assert len(redirector.requests) == 1
+    assert not result.ok and result.status_code == 307 and result.retryable
+    assert receiver.requests == []

@@ -20,6 +20,7 @@ from argd.api.routes.common import (
 from argd.api.schemas import DatasetOut, DatasetPage
 from argd.api.uploads import receive_multipart
 from argd.api.validation import DatasetIntake, check_dataset_file
+from argd.jobs.quotas import check_upload
 from argd.persistence.artifacts import LocalArtifactStore, register_artifact
 from argd.persistence.models import Dataset
 from argd.persistence.tempfiles import scratch_file, upload_dir
@@ -70,6 +71,7 @@ def _store_dataset(
     filename: str,
     upload_sha256: str,
 ) -> Dataset:
+    check_upload(session, principal.tenant_id, intake.path.stat().st_size)
     blob = store.put_file(intake.path)
     register_artifact(session, blob, "dataset")
     row = Dataset(
@@ -101,7 +103,7 @@ def _store_dataset(
     status_code=201,
     response_model=DatasetOut,
     openapi_extra=_UPLOAD_BODY,
-    responses=problem_responses(400, 401, 413, 415, 422),
+    responses=problem_responses(400, 401, 413, 415, 422, 507),
 )
 async def create_dataset(
     request: Request,

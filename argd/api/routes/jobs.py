@@ -14,6 +14,7 @@ from fastapi import APIRouter, Header, Query, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from sqlalchemy.orm import Session
 
+from argd.api.conditional import NOT_MODIFIED, IfNoneMatch, etag_matches, json_with_etag, not_modified
 from argd.api.deps import PrincipalDep, QueueDep, SessionDep, SettingsDep, StoreDep
 from argd.api.errors import Problem, problem_responses
 from argd.api.pagination import DEFAULT_LIMIT, CursorQuery, LimitQuery
@@ -22,7 +23,7 @@ from argd.api.schemas import JobPage
 from argd.jobs import service
 from argd.jobs.schemas import JobCreate, JobOut, StatusName
 from argd.jobs.status import JobStatus
-from argd.jobs.views import job_out, job_summary
+from argd.jobs.views import job_etag, job_out, job_summary
 from argd.persistence import jobs as job_state
 from argd.persistence.models import Job
 
@@ -84,19 +85,22 @@ def create_job(
     operation_id="listJobs",
     summary="List jobs",
     response_model=JobPage,
-    responses=problem_responses(401, 422),
+    responses={**NOT_MODIFIED, **problem_responses(401, 422)},
 )
 def list_jobs(
     principal: PrincipalDep,
     session: SessionDep,
+    if_none_match: IfNoneMatch = None,
     limit: LimitQuery = DEFAULT_LIMIT,
     cursor: CursorQuery = None,
     status: Annotated[StatusName | None, Query(description="Only jobs in this status")] = None,
-) -> JobPage:
-    """The caller's jobs, newest first, without their per-epoch history."""
+) -> Response:
+    """The caller's jobs, newest first, without their per-epoch history; an ETag of the page (304 with
+    If-None-Match while the page is unchanged)."""
     only = [Job.status == status] if status is not None else []
     rows, next_cursor = owned_page(session, Job, principal, limit, cursor, *only)
-    return JobPage(items=[job_summary(row) for row in rows], next_cursor=next_cursor)
+    page = JobPage(items=[job_summary(row) for row in rows], next_cursor=next_cursor)
+    return json_with_etag(page.model_dump_json().encode(), if_none_match)
 
 
 @router.get(
@@ -104,12 +108,24 @@ def list_jobs(
     operation_id="getJob",
     summary="Get a job",
     response_model=JobOut,
-    responses=problem_responses(401, 404),
+    responses={**NOT_MODIFIED, **problem_responses(401, 404)},
 )
-def get_job(job_id: str, principal: PrincipalDep, session: SessionDep) -> JobOut:
-    """Status, phase, progress, metrics (before / teacher / after, DER, fidelity), history and error."""
+def get_job(
+    job_id: str, principal: PrincipalDep, session: SessionDep, if_none_match: IfNoneMatch = None
+) -> Response:
+    """Status, phase, progress, metrics (before / teacher / after, DER, fidelity), history and error.
+
+    The answer carries an ETag; sending it back in If-None-Match answers 304 while the job is unchanged,
+    and that check reads the job row and one index entry, not the history."""
     job = service.owned_job(session, principal.tenant_id, job_id)
-    return job_out(job, job_state.job_events(session, job.id))
+    if if_none_match:
+        etag = job_etag(job, job_state.history_marker(session, job.id))
+        if etag_matches(if_none_match, etag):
+            return not_modified(etag)
+    events = job_state.job_events(session, job.id)
+    etag = job_etag(job, (len(events), max((event.id for event in events), default=0)))
+    body = job_out(job, events).model_dump_json()
+    return Response(body, media_type="application/json", headers={"ETag": etag})
 
 
 @router.post(

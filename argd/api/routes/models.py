@@ -24,6 +24,7 @@ from argd.api.schemas import ModelOut, ModelPage
 from argd.api.uploads import receive_multipart
 from argd.api.validation import ModelIntake, check_model_file
 from argd.core.spec import ModelSpec
+from argd.jobs.quotas import check_upload
 from argd.persistence.artifacts import LocalArtifactStore, register_artifact
 from argd.persistence.models import Model
 from argd.persistence.tempfiles import scratch_file, upload_dir
@@ -100,6 +101,7 @@ def _store_model(
     filename: str,
     upload_sha256: str,
 ) -> Model:
+    check_upload(session, principal.tenant_id, intake.path.stat().st_size)
     blob = store.put_file(intake.path)
     register_artifact(session, blob, "model")
     row = Model(
@@ -124,7 +126,7 @@ def _store_model(
     status_code=201,
     response_model=ModelOut,
     openapi_extra=_UPLOAD_BODY,
-    responses=problem_responses(400, 401, 413, 415, 422),
+    responses=problem_responses(400, 401, 413, 415, 422, 507),
 )
 async def create_model(
     request: Request,
