@@ -103,6 +103,7 @@ export function upload(path, form, onProgress) {
     };
     xhr.onerror = () => reject(new ApiProblem({ status: 0, title: "Upload failed", detail: "The connection broke during the upload" }));
     xhr.onabort = () => reject(new ApiProblem({ status: 0, title: "Upload canceled", detail: "The upload was canceled; nothing was stored", canceled: true }));
+    xhr.send(form);
   });
   return { done, abort: () => xhr.abort() };
 }

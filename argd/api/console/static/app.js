@@ -176,6 +176,7 @@ function signOut(problem) {
 api.whenUnauthorized((problem) => signOut(problem));
 document.getElementById("sign-out").addEventListener("click", () => {
   clearMessage();
+  history.replaceState(null, "", "#/jobs"); // the next key starts on its own list, not on this page
   signOut(null);
 });
 window.addEventListener("hashchange", () => {
@@ -219,6 +220,14 @@ async function jobsPage(query) {
   const { signal } = setPage("Jobs", "jobs");
   const status = query.get("status") || "";
   const cursor = query.get("cursor") || "";
+  const limit = Math.min(Math.max(Number(query.get("limit")) || PAGE_SIZE, 1), 100);
+  const hashFor = (next) => {
+    const q = new URLSearchParams();
+    if (status) q.set("status", status);
+    if (limit !== PAGE_SIZE) q.set("limit", String(limit));
+    if (next) q.set("cursor", next);
+    return `#/jobs?${q}`;
+  };
   const filter = h("select", {}, h("option", { value: "", text: "All" }), STATUSES.map((s) => h("option", { value: s, text: s })));
   filter.value = status;
   filter.addEventListener("change", () => {
@@ -240,7 +249,7 @@ async function jobsPage(query) {
   compare.addEventListener("click", () => go(`#/compare?ids=${[...selected].join(",")}`));
 
   const load = async () => {
-    const params = new URLSearchParams({ limit: String(PAGE_SIZE) });
+    const params = new URLSearchParams({ limit: String(limit) });
     if (status) params.set("status", status);
     if (cursor) params.set("cursor", cursor);
     const data = await api.get(`v1/jobs?${params}`, { signal });
@@ -272,20 +281,12 @@ async function jobsPage(query) {
     if (!data.items.length) body.append(h("tr", {}, h("td", { colspan: 10, text: status ? `No ${status} jobs.` : "No jobs yet: start one under New job." })));
     pager.replaceChildren();
     if (cursor) {
-      pager.append(h("button", { type: "button", class: "secondary", text: "Previous page", onclick: () => {
-        const previous = cursors.pop() || "";
-        const q = new URLSearchParams();
-        if (status) q.set("status", status);
-        if (previous) q.set("cursor", previous);
-        go(`#/jobs?${q}`);
-      } }));
+      pager.append(h("button", { type: "button", class: "secondary", id: "previous-page", text: "Previous page", onclick: () => go(hashFor(cursors.pop() || "")) }));
     }
     if (data.next_cursor) {
       pager.append(h("button", { type: "button", class: "secondary", id: "next-page", text: "Next page", onclick: () => {
         cursors.push(cursor);
-        const q = new URLSearchParams({ cursor: data.next_cursor });
-        if (status) q.set("status", status);
-        go(`#/jobs?${q}`);
+        go(hashFor(data.next_cursor));
       } }));
     }
     // Active jobs move: refresh the page gently while any is shown (the detail page streams instead).
