@@ -124,7 +124,7 @@ def test_console_end_to_end(
     expect(page.get_by_role("heading", name="Jobs")).to_be_visible()
     expect(page.locator("#jobs-table")).to_contain_text("No jobs yet")
 
-    # A model through the form: a spec that does not fit first (the API's 422, keys listed), then the right one.
+    # A model through the form: a spec that does not fit (the API's 422 lists the keys), then one that does.
     page.get_by_role("link", name="New job", exact=True).click()
     open_section(page, "Upload a model")
     page.set_input_files("#model-file", files["model"])
