@@ -24,9 +24,11 @@ REDIS_PORT ?= 6379
 # Redis database the tests may use (and flush); keep it away from a developer's database 0.
 TEST_REDIS_DB ?= 15
 FASHION_MNIST_DIR ?= /usr/share/datasets/fashion-mnist
+# The browser of the console tests: Debian's chromium, driven by Playwright (never `playwright install`).
+CHROMIUM ?= /usr/bin/chromium
 PYTEST_ARGS ?=
 
-.PHONY: help venv install demo test services fashion-mnist lint format serve docker-build clean
+.PHONY: help venv install demo test services fashion-mnist chromium lint format serve docker-build clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  make %-14s %s\n", $$1, $$2}'
@@ -60,6 +62,19 @@ fashion-mnist: ## install the Fashion-MNIST Debian package when missing (the dem
 	  || { $$SUDO apt-get update -q </dev/null && $$SUDO apt-get install -y -q dataset-fashion-mnist </dev/null; } \
 	  || echo "==> could not install dataset-fashion-mnist: the demo will use synthetic images"
 
+chromium: ## install the Debian packages chromium and chromium-driver when missing (the console tests need them)
+	@if [ -x "$(CHROMIUM)" ]; then echo "==> Chromium found at $(CHROMIUM)"; exit 0; fi
+	command -v apt-get >/dev/null || { echo "error: $(CHROMIUM) is missing and there is no apt-get to install chromium" >&2; exit 1; }
+	if [ "$$(id -u)" -eq 0 ]; then SUDO=""; elif sudo -n true 2>/dev/null; then SUDO="sudo -n"; else
+	  echo "error: $(CHROMIUM) is missing and there is no root to install the Debian package chromium" >&2; exit 1
+	fi
+	echo "==> installing the Debian packages chromium and chromium-driver"
+	export DEBIAN_FRONTEND=noninteractive
+	$$SUDO apt-get install -y -q chromium chromium-driver </dev/null \
+	  || { $$SUDO apt-get update -q </dev/null && $$SUDO apt-get install -y -q chromium chromium-driver </dev/null; } \
+	  || { echo "error: could not install chromium and chromium-driver (the console tests need them)" >&2; exit 1; }
+	test -x "$(CHROMIUM)" || { echo "error: chromium installed but $(CHROMIUM) is missing" >&2; exit 1; }
+
 demo: $(STAMP) fashion-mnist ## the whole service on this machine: backdoored model in, cleansed model out
 	$(BIN)/argd demo
 
@@ -89,12 +104,13 @@ services: ## make sure Postgres and Redis answer on loopback, starting them when
 # throw-away database (dropped at the end) and a private Redis key prefix (tests/fixtures/database.py),
 # so runs on a shared machine never see each other's rows. pytest's exit 5 ("no tests collected") fails
 # the target too: a suite that silently ran nothing must not pass.
-test: $(STAMP) services fashion-mnist ## lint, type check, then the whole test suite (Postgres and Redis are checked and started)
+test: $(STAMP) services fashion-mnist chromium ## lint, type check, then the whole test suite (Postgres and Redis are checked and started)
 	@$(BIN)/python -c 'import sys, psycopg, redis; psycopg.connect(host=sys.argv[1], port=int(sys.argv[2]), user=sys.argv[3], dbname="postgres", connect_timeout=5).close(); redis.Redis(host=sys.argv[4], port=int(sys.argv[5]), socket_connect_timeout=5).ping()' \
 	  "$(PG_HOST)" "$(PG_PORT)" "$(PG_USER)" "$(REDIS_HOST)" "$(REDIS_PORT)" \
 	  || { echo "error: Postgres ($(PG_USER)@$(PG_HOST):$(PG_PORT)) or Redis ($(REDIS_HOST):$(REDIS_PORT)) refuses connections" >&2; exit 1; }
 	export ARGD_TEST_PG_HOST="$(PG_HOST)" ARGD_TEST_PG_PORT="$(PG_PORT)"
 	export ARGD_TEST_REDIS_URL="redis://$(REDIS_HOST):$(REDIS_PORT)/$(TEST_REDIS_DB)"
+	export ARGD_TEST_CHROMIUM="$(CHROMIUM)"
 	echo "==> ruff check (lint) and ruff format --check"
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
