@@ -2,7 +2,9 @@
 
 In-process: a finished job's stream is its body then `end`; refusals are problem documents before any
 stream starts. Live (uvicorn + worker): a running job's frames arrive as it trains, each one a change,
-ending with the final status; a key revoked mid-stream ends the stream with a 401 problem frame.
+ending with the final status; a key revoked mid-stream ends the stream with a 401 problem frame. The
+Python client's `wait` (behind the CLI's `--wait`) uses one stream request, and polls when a proxy
+refuses the stream.
 """
 
 from __future__ import annotations
@@ -17,11 +19,13 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
+from argd.client import ArgdClient
 from argd.persistence import keys
 from argd.persistence.db import get_sessionmaker
 from tests.api import payloads
 from tests.api.test_jobs import Inputs, inputs  # noqa: F401  (the fixture)
 from tests.api.test_problems import assert_problem
+from tests.fixtures.proxy import prefix_proxy
 from tests.fixtures.server import LiveServer
 from tests.fixtures.worker import WorkerProcess
 
@@ -132,3 +136,43 @@ def test_live_stream_follows_a_job_and_stops_for_a_revoked_key(
             assert_problem(client.get(f"/v1/jobs/{slow['id']}"), 401, "unauthorized")
         finally:
             assert admin.post(f"/v1/jobs/{slow['id']}/cancel").status_code in (200, 202)
+
+
+class RecordingTransport(httpx.HTTPTransport):
+    """The ordinary network transport, noting the method and path of every request it sends."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sent: list[str] = []
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        self.sent.append(f"{request.method} {request.url.path}")
+        return super().handle_request(request)
+
+
+def test_client_wait_follows_the_stream_and_polls_behind_a_proxy_that_refuses_it(
+    api_server: LiveServer, worker: WorkerProcess, tmp_path: Path
+) -> None:
+    key = api_server.new_key(f"wait-{time.monotonic_ns()}")
+    params = {"teacher_epochs": 2, "epochs": 2, "batch_size": 16}
+    direct = RecordingTransport()
+    with ArgdClient(api_server.base_url, key, transport=direct) as client:
+        model_id, clean_id = _upload_inputs(client._http, tmp_path)
+        job = client.create_job(model_id, clean_id, params=params)
+        seen: list[dict[str, Any]] = []
+        final = client.wait(job["id"], on_progress=seen.append)
+    assert final["status"] == "succeeded" and seen[-1] == final and len(seen) >= 3
+    # One stream request and not a single poll of the job.
+    after_create = direct.sent[direct.sent.index("POST /v1/jobs") + 1 :]
+    assert after_create == [f"GET /v1/jobs/{job['id']}/events"], after_create
+
+    with prefix_proxy(api_server.base_url, "/argd", refuse="/events") as base:
+        behind = RecordingTransport()
+        with ArgdClient(base, key, transport=behind) as client:
+            job = client.create_job(model_id, clean_id, params=params)
+            final = client.wait(job["id"], poll_interval=0.2)
+    assert final["status"] == "succeeded"
+    after_create = behind.sent[behind.sent.index("POST /argd/v1/jobs") + 1 :]
+    assert after_create[0] == f"GET /argd/v1/jobs/{job['id']}/events"
+    polls = after_create[1:]
+    assert len(polls) >= 2 and set(polls) == {f"GET /argd/v1/jobs/{job['id']}"}, after_create
