@@ -198,9 +198,9 @@ def test_console_end_to_end(
     assert int(page.locator("#chart-distill").get_attribute("data-points") or 0) >= 8
     assert int(page.locator("#chart-validation").get_attribute("data-points") or 0) >= 8
     assert int(page.locator("#chart-metrics").get_attribute("data-bars") or 0) >= 6
+    screenshot(page, "console-job.png", tmp_path)
     open_section(page, "Full report")
     expect(page.locator("#job-report")).to_contain_text(job["result_sha256"])
-    screenshot(page, "console-job.png", tmp_path)
 
     # Download: the bytes the browser saves are the ones the API announced.
     with page.expect_download() as download:

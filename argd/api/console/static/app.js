@@ -579,6 +579,11 @@ function seriesOf(history, phase, source) {
     .filter((s) => s.points.length);
 }
 
+function lossSeries(history, phase) {
+  // Terms that stay at zero all along (off for this method) would only crowd the legend.
+  return seriesOf(history, phase, "losses").filter((s) => s.points.some(([, y]) => y !== 0));
+}
+
 function validationSeries(history) {
   const out = [];
   for (const phase of ["teacher", "distill"]) {
@@ -653,17 +658,22 @@ async function jobPage(jobId) {
     cancel.hidden = !ACTIVE.has(job.status);
     getModel.hidden = getReport.hidden = job.status !== "succeeded";
     const history = job.history || [];
-    const teacher = lineChart(seriesOf(history, "teacher", "losses"), { title: "Teacher losses per epoch" });
+    const teacher = lineChart(lossSeries(history, "teacher"), { title: "Teacher losses per epoch", empty: job.params.teacher_epochs === 0 || !["argd", "nad"].includes(job.method) ? "No teacher phase" : "No epochs yet" });
     teacher.id = "chart-teacher";
-    const distill = lineChart(seriesOf(history, "distill", "losses"), { title: "Student losses per epoch" });
+    const distill = lineChart(lossSeries(history, "distill"), { title: "Student losses per epoch" });
     distill.id = "chart-distill";
-    const validation = lineChart(validationSeries(history), { title: "Validation metrics per epoch" });
+    const validation = lineChart(validationSeries(history), { title: "Validation metrics per epoch", empty: job.params.val_fraction > 0 ? "No epochs yet" : "No validation split (val_fraction 0)" });
     validation.id = "chart-validation";
     const bars = metricsBars(job.metrics || {});
     bars.id = "chart-metrics";
     const parts = [metricCards(job.metrics || {}), h("div", { class: "charts" }, teacher, distill, validation, bars)];
     if (job.error) parts.unshift(h("div", { class: "message", id: "job-error", role: "alert" }, h("strong", { text: `Failed: ${job.error.code}` }), h("div", { text: job.error.message })));
-    parts.push(h("h2", { text: "Parameters" }), h("pre", { id: "job-params", text: JSON.stringify(job.params, null, 2) }));
+    const times = [`created ${new Date(job.created_at).toLocaleString()}`];
+    if (job.started_at) times.push(`started ${new Date(job.started_at).toLocaleString()}`);
+    if (job.finished_at) times.push(`finished ${new Date(job.finished_at).toLocaleString()}`);
+    if (job.started_at && job.finished_at) times.push(`run time ${seconds((new Date(job.finished_at) - new Date(job.started_at)) / 1000)}`);
+    parts.unshift(h("p", { class: "hint", id: "job-times", text: times.join(" · ") }));
+    parts.push(h("details", {}, h("summary", { text: "Parameters (every effective value)" }), h("pre", { id: "job-params", text: JSON.stringify(job.params, null, 2) })));
     body.replaceChildren(...parts);
     if (job.status === "succeeded" && !reportLoaded) {
       reportLoaded = true;

@@ -32,6 +32,18 @@ function niceRange(values) {
   return [lo >= 0 && lo - pad < 0 ? 0 : lo - pad, hi + pad];
 }
 
+function ticks(lo, hi, count = 5) {
+  // Round steps (1, 2 or 5 times a power of ten) covering [lo, hi]: axis labels people can read.
+  const raw = (hi - lo) / Math.max(count - 1, 1);
+  const power = 10 ** Math.floor(Math.log10(raw));
+  const step = [1, 2, 5, 10].map((m) => m * power).find((s) => s >= raw) || raw;
+  const start = Math.floor(lo / step) * step;
+  const end = Math.ceil(hi / step) * step;
+  const out = [];
+  for (let v = start; v <= end + step / 2; v += step) out.push(Number(v.toPrecision(12)));
+  return out;
+}
+
 function format(value) {
   const magnitude = Math.abs(value);
   if (magnitude !== 0 && (magnitude < 0.01 || magnitude >= 1e4)) return value.toExponential(1);
@@ -61,24 +73,27 @@ function frame(title, width, height) {
  * Line chart. `series`: [{name, points: [[x, y], ...]}]; options: {title, xLabel, width, height}.
  * Returns a <figure>; `figure.dataset.points` counts the plotted points (tests read it).
  */
-export function lineChart(series, { title, xLabel = "epoch", width = 440, height = 240 } = {}) {
-  const { figure, svg } = frame(title, width, height);
-  const m = { left: 54, right: 12, top: 12, bottom: 58 };
+export function lineChart(series, { title, xLabel = "epoch", width = 440, height = 220, empty = "No epochs yet" } = {}) {
   const plotted = series.filter((s) => s.points.length);
+  const rows = legendRows(plotted.map((s) => s.name), 54, width);
+  const m = { left: 54, right: 12, top: 12, bottom: 40 + rows.length * 16 };
+  const { figure, svg } = frame(title, width, height + m.bottom);
+  height += m.bottom;
   const all = plotted.flatMap((s) => s.points);
   figure.dataset.points = String(all.length);
+  figure.dataset.series = String(plotted.length);
   if (!all.length) {
-    text(svg, width / 2, height / 2, "No epochs yet", { "text-anchor": "middle", class: "empty" });
+    text(svg, width / 2, height / 2, empty, { "text-anchor": "middle", class: "empty" });
     return figure;
   }
   const [x0, x1] = niceRange(all.map((p) => p[0]));
-  const [y0, y1] = niceRange(all.map((p) => p[1]));
+  const yTicks = ticks(...niceRange(all.map((p) => p[1])));
+  const [y0, y1] = [yTicks[0], yTicks[yTicks.length - 1]];
   const w = width - m.left - m.right;
   const h = height - m.top - m.bottom;
   const sx = (x) => m.left + ((x - x0) / (x1 - x0)) * w;
   const sy = (y) => m.top + h - ((y - y0) / (y1 - y0)) * h;
-  for (let i = 0; i <= 4; i += 1) {
-    const v = y0 + ((y1 - y0) * i) / 4;
+  for (const v of yTicks) {
     el("line", { x1: m.left, x2: m.left + w, y1: sy(v), y2: sy(v), class: "grid" }, svg);
     text(svg, m.left - 6, sy(v) + 4, format(v), { "text-anchor": "end" });
   }
@@ -97,7 +112,7 @@ export function lineChart(series, { title, xLabel = "epoch", width = 440, height
       el("title", {}, point).textContent = `${s.name}, ${xLabel} ${format(x)}: ${format(y)}`;
     }
   });
-  legend(svg, plotted.map((s) => s.name), m.left, height - 16, (g, i, x, y) => {
+  legend(svg, rows, m.top + h + 46, (g, i, x, y) => {
     const colour = COLOURS[i % COLOURS.length];
     el("line", { x1: x, x2: x + 22, y1: y, y2: y, stroke: colour, "stroke-width": 2, "stroke-dasharray": DASHES[i % DASHES.length] }, g);
     marker(g, i % 4, x + 11, y, colour);
@@ -105,13 +120,30 @@ export function lineChart(series, { title, xLabel = "epoch", width = 440, height
   return figure;
 }
 
-function legend(svg, names, x, y, swatch) {
-  const g = el("g", { class: "legend" }, svg);
+function legendRows(names, x, width) {
+  // Item positions, wrapped onto as many rows as the chart's width needs.
+  const rows = [[]];
   let cursor = x;
   names.forEach((name, i) => {
-    swatch(g, i, cursor, y - 4);
-    text(g, cursor + 27, y, name);
-    cursor += 34 + name.length * 6.5;
+    const itemWidth = 34 + name.length * 6.5;
+    if (cursor + itemWidth > width - 8 && rows[rows.length - 1].length) {
+      rows.push([]);
+      cursor = x;
+    }
+    rows[rows.length - 1].push({ name, i, x: cursor });
+    cursor += itemWidth;
+  });
+  return rows;
+}
+
+function legend(svg, rows, top, swatch) {
+  const g = el("g", { class: "legend" }, svg);
+  rows.forEach((row, r) => {
+    const y = top + r * 16;
+    for (const item of row) {
+      swatch(g, item.i, item.x, y - 4);
+      text(g, item.x + 27, y, item.name);
+    }
   });
 }
 
@@ -137,10 +169,12 @@ function patterns(svg) {
  * Grouped bar chart of values in [0, 1] shown as percent. `groups`: ["ACC", "ASR", ...]; `bars`:
  * [{name, values: [v|null per group]}]. Missing values are marked "n/a".
  */
-export function barChart(groups, bars, { title, width = 440, height = 240, max = 1, percent = true } = {}) {
+export function barChart(groups, bars, { title, width = 440, height = 220, max = 1, percent = true } = {}) {
+  const rows = legendRows(bars.map((b) => b.name), 44, width);
+  const m = { left: 44, right: 12, top: 14, bottom: 30 + rows.length * 16 };
+  height += m.bottom;
   const { figure, svg } = frame(title, width, height);
   const fill = patterns(svg);
-  const m = { left: 44, right: 12, top: 14, bottom: 52 };
   const w = width - m.left - m.right;
   const h = height - m.top - m.bottom;
   const sy = (v) => m.top + h - (v / max) * h;
@@ -170,7 +204,7 @@ export function barChart(groups, bars, { title, width = 440, height = 240, max =
   });
   figure.dataset.bars = String(drawn);
   el("line", { x1: m.left, x2: m.left + w, y1: m.top + h, y2: m.top + h, class: "axis" }, svg);
-  legend(svg, bars.map((b) => b.name), m.left, height - 14, (g, i, x, y) => {
+  legend(svg, rows, m.top + h + 34, (g, i, x, y) => {
     el("rect", { x, y: y - 6, width: 22, height: 12, fill: fill(i), stroke: COLOURS[i % COLOURS.length] }, g);
   });
   return figure;
