@@ -67,6 +67,24 @@ def sign_in(page: Page, key: str) -> None:
     page.get_by_role("button", name="Sign in").click()
 
 
+#: Every control with the name a screen reader would announce: its labels, aria-label, or its own text.
+UNLABELLED_CONTROLS = """
+() => [...document.querySelectorAll("input, select, textarea, button, a[href], progress")]
+  .filter((el) => {
+    const labels = el.labels ? [...el.labels].map((l) => l.textContent).join(" ") : "";
+    const own = ["BUTTON", "A"].includes(el.tagName) ? el.textContent : "";
+    const name = labels || el.getAttribute("aria-label") || el.getAttribute("aria-labelledby") || own;
+    return !String(name).trim();
+  })
+  .map((el) => el.outerHTML.slice(0, 160))
+"""
+
+
+def assert_labelled(page: Page) -> None:
+    """Accessibility basics: no control without a name on the page as it is now."""
+    assert page.evaluate(UNLABELLED_CONTROLS) == []
+
+
 def open_section(page: Page, summary: str) -> None:
     """Unfold a <details> section by its summary (it starts open when there is nothing to pick yet)."""
     section = page.locator("details", has=page.get_by_text(summary, exact=True))
@@ -120,9 +138,20 @@ def test_console_end_to_end(
     wrong = api_problem(api_server, "argd_not-a-real-key", "GET", "/v1/jobs")
     expect(message(page)).to_contain_text(wrong["detail"])
     expect(message(page)).to_contain_text("Unauthorized (401)")
-    sign_in(page, key)
+    assert_labelled(page)
+    # By keyboard alone: the key field has the focus, Enter signs in, Tab reaches the navigation.
+    page.fill("#api-key", "")
+    page.keyboard.type(key)
+    page.keyboard.press("Enter")
     expect(page.get_by_role("heading", name="Jobs")).to_be_visible()
     expect(page.locator("#jobs-table")).to_contain_text("No jobs yet")
+    for _ in range(8):
+        page.keyboard.press("Tab")
+        if page.evaluate("document.activeElement.textContent") == "New job":
+            break
+    page.keyboard.press("Enter")
+    expect(page.locator("#new-job #start-job")).to_be_visible()  # loaded, so leaving aborts nothing
+    page.get_by_role("link", name="Jobs", exact=True).click()
 
     # A model through the form: a spec that does not fit (the API's 422 lists the keys), then one that does.
     page.get_by_role("link", name="New job", exact=True).click()
@@ -172,6 +201,7 @@ def test_console_end_to_end(
     page.fill("#param-batch_size", "16")
     page.fill("#param-lr", "-1")
     page.fill("#param-extra", json.dumps({**FORM_PARAMS, "val_fraction": 0.2}))
+    assert_labelled(page)
     page.click("#start-job")
     expect(page.locator("#param-lr-error")).to_have_text("Input should be greater than 0")
     expect(message(page)).to_contain_text("Unprocessable Entity (422)")
@@ -198,6 +228,18 @@ def test_console_end_to_end(
     assert int(page.locator("#chart-distill").get_attribute("data-points") or 0) >= 8
     assert int(page.locator("#chart-validation").get_attribute("data-points") or 0) >= 8
     assert int(page.locator("#chart-metrics").get_attribute("data-bars") or 0) >= 6
+    assert_labelled(page)
+    # Greyscale: each series has its own dash pattern, each bar group its own fill pattern.
+    dashes = page.eval_on_selector_all(
+        "#chart-distill path[stroke-dasharray]",
+        "(paths) => paths.map((p) => p.getAttribute('stroke-dasharray'))",
+    )
+    assert len(dashes) == int(page.locator("#chart-distill").get_attribute("data-series") or 0) >= 3
+    assert len(set(dashes)) == len(dashes), dashes
+    fills = page.eval_on_selector_all(
+        "#chart-metrics rect[fill^='url(']", "(rects) => rects.map((r) => r.getAttribute('fill'))"
+    )
+    assert len(set(fills)) == 3, fills  # before, teacher, after
     screenshot(page, "console-job.png", tmp_path)
     open_section(page, "Full report")
     expect(page.locator("#job-report")).to_contain_text(job["result_sha256"])
@@ -239,6 +281,7 @@ def test_console_end_to_end(
     expect(rows).to_have_count(3)
     assert [rows.nth(i).get_attribute("data-job-id") for i in range(3)] == listed
     expect(rows.nth(1)).to_contain_text("canceled")
+    assert_labelled(page)
     screenshot(page, "console-jobs.png", tmp_path)
     page.select_option("#status-filter", "canceled")
     expect(rows).to_have_count(1)
@@ -260,6 +303,8 @@ def test_console_end_to_end(
     expect(table).to_contain_text("argd")
     expect(table).to_contain_text("finetune")
     assert int(page.locator("#chart-compare").get_attribute("data-bars") or 0) >= 6
+    assert_labelled(page)
+    screenshot(page, "console-compare.png", tmp_path)
 
     # Nothing of it shows under a second tenant's key, not even by id.
     page.click("#sign-out")
@@ -319,3 +364,38 @@ def test_console_under_a_path_prefix_and_not_framable(
         assert inner and inner[0].query_selector("#api-key") is None
         assert any("frame-ancestors" in text or "X-Frame-Options" in text for text in refused), refused
     log.assert_clean()
+
+
+def test_a_big_upload_shows_its_progress_and_can_be_canceled(
+    api_server: LiveServer,
+    tab: Tab,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """A slow upload (the browser's uplink throttled to 2 MB/s): the bar moves, Cancel stops it, nothing is
+    stored."""
+    page, log = tab.page, tab.log
+    key = api_server.new_key(f"upload-{os.getpid()}")
+    big = tmp_path / "big.npz"
+    big.write_bytes(os.urandom(12 * 1024 * 1024))
+    page.goto(api_server.base_url + "/console/#/new")
+    sign_in(page, key)
+    expect(page.get_by_role("heading", name="New job")).to_be_visible()
+    cdp = tab.context.new_cdp_session(page)
+    cdp.send("Network.enable")
+    conditions = {"offline": False, "latency": 0, "downloadThroughput": -1, "uploadThroughput": 2_000_000}
+    cdp.send("Network.emulateNetworkConditions", conditions)
+    open_section(page, "Upload a dataset")
+    page.set_input_files("#dataset-file", big)
+    page.click("#upload-dataset")
+    bar = page.get_by_label("Dataset upload progress")
+    page.wait_for_function(
+        "() => { const v = document.querySelector('[aria-label=\"Dataset upload progress\"]').value;"
+        " return v > 0.05 && v < 0.5; }"
+    )
+    assert 0 < float(bar.evaluate("b => b.value")) < 1
+    page.get_by_role("button", name="Cancel dataset upload").press("Enter")  # the keyboard way
+    expect(page.locator("#dataset-result")).to_have_text("Upload canceled.")
+    expect(message(page)).to_contain_text("The upload was canceled; nothing was stored")
+    with ArgdClient(api_server.base_url, key) as client:
+        assert client._json("GET", "/v1/datasets")["items"] == []
+    log.assert_clean(aborted="/v1/datasets")

@@ -304,7 +304,7 @@ async function jobsPage(query) {
 function uploadControl(label, onStart) {
   // A progress bar and a cancel button for one upload at a time.
   const bar = h("progress", { max: 1, value: 0, "aria-label": `${label} progress` });
-  const cancel = h("button", { type: "button", class: "secondary", text: "Cancel upload" });
+  const cancel = h("button", { type: "button", class: "secondary", text: `Cancel ${label.toLowerCase()}` });
   const box = h("div", { class: "upload-progress", hidden: true }, bar, cancel);
   return {
     box,
