@@ -196,6 +196,7 @@ def test_console_end_to_end(
 
     # Parameters: a bad learning rate comes back as the API's message beside the field.
     page.select_option("#method", "argd")
+    screenshot(page, "console-new-job.png", tmp_path)
     page.fill("#param-epochs", "8")
     page.fill("#param-teacher_epochs", "6")
     page.fill("#param-batch_size", "16")

@@ -747,7 +747,7 @@ async function comparePage(query) {
     ["RA after", (j) => pct(j.metrics.after?.ra)],
     ["DER", (j) => pct(j.metrics.der)],
     ["Fidelity", (j) => pct(j.metrics.fidelity)],
-    ["Epochs (teacher / student)", (j) => `${j.params.teacher_epochs} / ${j.params.epochs}`],
+    ["Epochs (teacher / student)", (j) => `${["argd", "nad"].includes(j.method) ? j.params.teacher_epochs : "none"} / ${j.params.epochs}`],
     ["Run time", (j) => seconds(duration(j))],
   ];
   main.append(
