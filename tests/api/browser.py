@@ -66,8 +66,10 @@ class BrowserLog:
         assert not failed, failed
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
+    """One Chromium per test module. Not per session: Playwright's sync API keeps an asyncio loop running
+    on the main thread while it is started, and later tests that call asyncio.run() must not see it."""
     if not CHROMIUM.exists():
         pytest.fail(f"{CHROMIUM} is missing: install the Debian packages chromium and chromium-driver")
     expect.set_options(timeout=30_000)  # the first upload loads torch in the API server: seconds on CI

@@ -22,7 +22,7 @@ CONSOLE_PREFIX = "/console"
 
 #: Strict policy of the console's pages: its own scripts and styles only, no inline code, no framing.
 CONSOLE_CSP = (
-    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
     "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 )
 #: Every other answer (JSON, the interactive docs) may not be framed either.

@@ -695,8 +695,10 @@ async function jobPage(jobId) {
   let drops = 0;
   while (!signal.aborted && ACTIVE.has(last.status)) {
     try {
-      if (drops < 3) await api.followJob(jobId, onJob, signal);
-      else {
+      if (drops < 3) {
+        await api.followJob(jobId, onJob, signal);
+        if (ACTIVE.has(last.status)) throw new Error("the stream ended before the job"); // count it as a drop
+      } else {
         await new Promise((resolve) => setTimeout(resolve, 3000));
         if (!signal.aborted) onJob(await api.get(`v1/jobs/${jobId}`, { signal }));
       }
