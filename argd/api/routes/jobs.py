@@ -247,15 +247,8 @@ def stream_job_events(
 ) -> StreamingResponse:
     """Live progress without polling: one frame per change of the job, until it finishes."""
     service.owned_job(session, principal.tenant_id, job_id)  # 404 before the stream starts
-    assert credentials is not None  # the principal exists, so the key was given
-    read = partial(
-        read_snapshot,
-        session_factory(request),
-        settings,
-        credentials.credentials,
-        principal.tenant_id,
-        job_id,
-    )
+    api_key = credentials.credentials if credentials is not None else ""  # set: the principal came from it
+    read = partial(read_snapshot, session_factory(request), settings, api_key, principal.tenant_id, job_id)
     stream = job_stream(read, partial(problem_body, request))
     return StreamingResponse(
         stream,
