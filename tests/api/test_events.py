@@ -76,14 +76,14 @@ def test_stream_refusals_are_problems(
     assert_problem(client.get("/v1/jobs/no-such-job/events"), 404, "not_found")
 
 
-def _upload_inputs(client: httpx.Client, tmp_path: Path) -> tuple[str, str]:
+def _upload_inputs(client: httpx.Client, tmp_path: Path, images: int = 64) -> tuple[str, str]:
     model = client.post(
         "/v1/models",
         files={"file": ("m.safetensors", payloads.safetensors_bytes(payloads.state_dict(), tmp_path))},
         data={"spec": payloads.spec_json()},
     )
     assert model.status_code == 201, model.text
-    x, y = payloads.images(64)
+    x, y = payloads.images(images)
     clean = client.post("/v1/datasets", files={"file": ("c.npz", payloads.npz_bytes(x, y))})
     assert clean.status_code == 201, clean.text
     return model.json()["id"], clean.json()["id"]
@@ -95,8 +95,9 @@ def test_live_stream_follows_a_job_and_stops_for_a_revoked_key(
     tenant = f"events-{time.monotonic_ns()}"
     key, spare = api_server.new_key(tenant), api_server.new_key(tenant)
     with api_server.client(key) as client, api_server.client(spare) as admin:
-        model_id, clean_id = _upload_inputs(client, tmp_path)
-        params = {"teacher_epochs": 2, "epochs": 3, "batch_size": 16, "val_fraction": 0.25}
+        # Enough steps per epoch (a second or so) that the half-second tick sees the epochs one by one.
+        model_id, clean_id = _upload_inputs(client, tmp_path, images=2048)
+        params = {"teacher_epochs": 2, "epochs": 4, "batch_size": 16, "val_fraction": 0.25}
         job = client.post(
             "/v1/jobs", json={"model_id": model_id, "clean_dataset_id": clean_id, "params": params}
         ).json()
@@ -112,6 +113,7 @@ def test_live_stream_follows_a_job_and_stops_for_a_revoked_key(
         assert any(body["status"] == "running" for body in bodies)
         lengths = [len(body["history"]) for body in bodies]
         assert lengths == sorted(lengths) and len(set(lengths)) >= 3, lengths
+        assert any(0 < n < lengths[-1] for n in lengths), lengths  # seen part-way, not only at the ends
         assert all(a != b for a, b in itertools.pairwise(bodies))
 
         # A long job, and its key revoked while the stream is open: a 401 problem frame ends it.
@@ -157,7 +159,7 @@ def test_client_wait_follows_the_stream_and_polls_behind_a_proxy_that_refuses_it
     params = {"teacher_epochs": 2, "epochs": 2, "batch_size": 16}
     direct = RecordingTransport()
     with ArgdClient(api_server.base_url, key, transport=direct) as client:
-        model_id, clean_id = _upload_inputs(client._http, tmp_path)
+        model_id, clean_id = _upload_inputs(client._http, tmp_path, images=2048)
         job = client.create_job(model_id, clean_id, params=params)
         seen: list[dict[str, Any]] = []
         final = client.wait(job["id"], on_progress=seen.append)
