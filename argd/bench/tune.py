@@ -58,6 +58,11 @@ GRID: dict[str, tuple[str, dict[str, Any]]] = {
     "logit-x2": ("logit distillation weight 2", {"w_logit": 2.0}),
     "student-sam": ("the student tuned with adaptive SAM steps", {"student_sam": True}),
     "fst-alpha-0.1": ("FST head weight 0.1 (teacher and student)", {"fst_alpha": 0.1}),
+    "student-alpha-0.05": ("student FST head weight 0.05 (teacher 0.2)", {"student_fst_alpha": 0.05}),
+    "student-alpha-0.02": ("student FST head weight 0.02 (teacher 0.2)", {"student_fst_alpha": 0.02}),
+    "student-alpha-0": ("student head re-initialised, not pushed (teacher 0.2)", {"student_fst_alpha": 0.0}),
+    "epochs-15": ("15 student epochs", {"epochs": 15}),
+    "teacher-20": ("20 FST teacher epochs", {"teacher_epochs": 20}),
 }
 
 

@@ -44,11 +44,13 @@ class Recipe:
     """How one training phase tunes its network: the pieces every method and teacher combine.
 
     `head`: "fst" re-initialises the classifier head and pushes it away from the original one
-    (feature-shift tuning), "keep" tunes it from where it is. `sam_rho`: radius of adaptive SAM, 0 for plain
-    SGD steps. `distil`: whether the phase learns from a teacher (attention terms and logit distillation).
+    (feature-shift tuning) with weight `fst_alpha`, "keep" tunes it from where it is. `sam_rho`: radius of
+    adaptive SAM, 0 for plain SGD steps. `distil`: whether the phase learns from a teacher (attention terms
+    and logit distillation).
     """
 
     head: HeadMode
+    fst_alpha: float
     sam_rho: float
     label_smoothing: float
     weight_decay: float
@@ -103,6 +105,12 @@ class CleanseParams(BaseModel):
     student_sam: bool = Field(False, description="Tune the argd/nad student with adaptive SAM (2x passes)")
     fst_alpha: float = Field(
         0.2, ge=0, le=100, description="Weight of FST's head term alpha * <W, W0> (W0: the uploaded head)"
+    )
+    student_fst_alpha: float | None = Field(
+        None,
+        ge=0,
+        le=100,
+        description="FST head weight of the argd/nad student; null = fst_alpha (the teacher's and fst's)",
     )
     sam_rho: float = Field(2.0, gt=0, le=100, description="Radius of adaptive SAM (FT-SAM: 2)")
     label_smoothing: float | None = Field(
@@ -232,6 +240,7 @@ class CleanseParams(BaseModel):
 
     def recipe(self, phase: str) -> Recipe:
         """The pieces phase "teacher" or "distill" (the student) is made of; see `Recipe`."""
+        alpha = self.fst_alpha
         if phase == "teacher":
             head: HeadMode = "fst" if self.teacher == "fst" else "keep"
             sam, distil = self.teacher == "sam", False
@@ -243,13 +252,15 @@ class CleanseParams(BaseModel):
             head, sam, distil = "keep", False, False
         else:
             head, sam, distil = self.student_head, self.student_sam, self.needs_teacher
+            if self.student_fst_alpha is not None:
+                alpha = self.student_fst_alpha
         smoothing = self.label_smoothing
         if smoothing is None:
             smoothing = SAM_LABEL_SMOOTHING if sam else 0.0
         decay = self.weight_decay
         if decay is None:
             decay = 0.0 if head == "fst" else DEFAULT_WEIGHT_DECAY
-        return Recipe(head, self.sam_rho if sam else 0.0, smoothing, decay, distil)
+        return Recipe(head, alpha, self.sam_rho if sam else 0.0, smoothing, decay, distil)
 
     def teacher_problem(self, uploaded: bool) -> str | None:
         """Why this job's teacher setting cannot run with (`uploaded`) or without an uploaded teacher model;

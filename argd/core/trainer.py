@@ -199,7 +199,7 @@ class Trainer:
         self.shifted_head: ShiftedHead | None = None
         if self.recipe.head == "fst":
             head = find_head(model, get_architecture(spec.architecture).head)
-            self.shifted_head = ShiftedHead(head, params.fst_alpha)
+            self.shifted_head = ShiftedHead(head, self.recipe.fst_alpha)
             self.shifted_head.reinitialise(self.generator)
 
         self.model.train()

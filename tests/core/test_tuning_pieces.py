@@ -144,3 +144,20 @@ def test_teacher_recipes_follow_the_teacher_field() -> None:
     student = CleanseParams(method="argd", student_head="fst", student_sam=True).recipe("distill")
     assert (student.head, student.sam_rho, student.distil) == ("fst", 2.0, True)
     assert CleanseParams(method="fst").recipe("distill").distil is False
+
+
+def test_the_student_fst_weight_applies_to_the_argd_and_nad_student_only() -> None:
+    params = CleanseParams(method="argd", fst_alpha=0.2, student_fst_alpha=0.05)
+    assert params.recipe("teacher").fst_alpha == 0.2
+    assert params.recipe("distill").fst_alpha == 0.05
+    assert CleanseParams(method="nad", student_fst_alpha=0.0).recipe("distill").fst_alpha == 0.0
+    # fst is the whole method, not a student: it keeps fst_alpha.
+    alone = CleanseParams(method="fst", fst_alpha=0.3, student_fst_alpha=0.05)
+    assert alone.recipe("distill").fst_alpha == 0.3
+    assert CleanseParams(method="argd", fst_alpha=0.3).recipe("distill").fst_alpha == 0.3
+    model = build_model(SPEC)
+    teacher = copy.deepcopy(model)
+    trainer = Trainer(
+        model, bar_images(32, seed=2), SPEC, params, phase="distill", device=CPU, teacher=teacher
+    )
+    assert trainer.shifted_head is not None and trainer.shifted_head.alpha == 0.05
