@@ -24,9 +24,11 @@ REDIS_PORT ?= 6379
 # Redis database the tests may use (and flush); keep it away from a developer's database 0.
 TEST_REDIS_DB ?= 15
 FASHION_MNIST_DIR ?= /usr/share/datasets/fashion-mnist
+# The browser of the console tests: Debian's chromium, driven by Playwright (never `playwright install`).
+CHROMIUM ?= /usr/bin/chromium
 PYTEST_ARGS ?=
 
-.PHONY: help venv install demo test services fashion-mnist wrk lint format serve docker-build clean
+.PHONY: help venv install demo test services fashion-mnist chromium wrk lint format serve docker-build clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  make %-14s %s\n", $$1, $$2}'
@@ -43,35 +45,31 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-fashion-mnist: ## install the Fashion-MNIST Debian package when missing (the demo falls back to synthetic data)
-	@if [ -f "$(FASHION_MNIST_DIR)/train-images-idx3-ubyte.gz" ]; then
-	  echo "==> Fashion-MNIST found in $(FASHION_MNIST_DIR)"; exit 0
-	fi
-	if ! command -v apt-get >/dev/null; then
-	  echo "==> Fashion-MNIST missing and no apt-get here: the demo will use synthetic images"; exit 0
-	fi
+# $(call debian_packages,WHAT,PACKAGES,PRESENT,IF_NOT): apt-get install PACKAGES (through sudo when not root)
+# unless the shell test PRESENT already holds; IF_NOT runs where they cannot be installed (a message and
+# exit 0 to go on without them, or an error and exit 1).
+define debian_packages
+	@if $(3); then echo "==> $(1) found"; exit 0; fi
+	command -v apt-get >/dev/null || { echo "$(1) is missing and there is no apt-get to install $(2)" >&2; $(4); }
 	if [ "$$(id -u)" -eq 0 ]; then SUDO=""; elif sudo -n true 2>/dev/null; then SUDO="sudo -n"; else
-	  echo "==> Fashion-MNIST missing and no root to install dataset-fashion-mnist: the demo will use synthetic images"
-	  exit 0
+	  echo "$(1) is missing and there is no root (or sudo) to install $(2)" >&2; $(4)
 	fi
-	echo "==> installing the Debian package dataset-fashion-mnist"
+	echo "==> installing the Debian package(s) $(2)"
 	export DEBIAN_FRONTEND=noninteractive
-	$$SUDO apt-get install -y -q dataset-fashion-mnist </dev/null \
-	  || { $$SUDO apt-get update -q </dev/null && $$SUDO apt-get install -y -q dataset-fashion-mnist </dev/null; } \
-	  || echo "==> could not install dataset-fashion-mnist: the demo will use synthetic images"
+	$$SUDO apt-get install -y -q $(2) </dev/null \
+	  || { $$SUDO apt-get update -q </dev/null && $$SUDO apt-get install -y -q $(2) </dev/null; } \
+	  || { echo "could not install $(2)" >&2; $(4); }
+	$(3) || { echo "$(1) is still missing after installing $(2)" >&2; $(4); }
+endef
+
+fashion-mnist: ## install the Fashion-MNIST Debian package when missing (the demo falls back to synthetic data)
+	$(call debian_packages,Fashion-MNIST,dataset-fashion-mnist,[ -f "$(FASHION_MNIST_DIR)/train-images-idx3-ubyte.gz" ],echo "==> the demo will use synthetic images"; exit 0)
+
+chromium: ## install the Debian packages chromium and chromium-driver when missing (the console tests need them)
+	$(call debian_packages,Chromium ($(CHROMIUM)),chromium chromium-driver,[ -x "$(CHROMIUM)" ],echo "error: the console tests need it" >&2; exit 1)
 
 wrk: ## install the load generator wrk (Debian package) for `argd bench api-latency` and its test; fails if it cannot
-	@if command -v wrk >/dev/null; then echo "==> wrk found: $$(command -v wrk)"; exit 0; fi
-	command -v apt-get >/dev/null || { echo "error: wrk is missing and there is no apt-get to install it" >&2; exit 1; }
-	if [ "$$(id -u)" -eq 0 ]; then SUDO=""; elif sudo -n true 2>/dev/null; then SUDO="sudo -n"; else
-	  echo "error: wrk is missing and installing the Debian package wrk needs root (or sudo)" >&2; exit 1
-	fi
-	echo "==> installing the Debian package wrk"
-	export DEBIAN_FRONTEND=noninteractive
-	$$SUDO apt-get install -y -q wrk </dev/null \
-	  || { $$SUDO apt-get update -q </dev/null && $$SUDO apt-get install -y -q wrk </dev/null; } \
-	  || { echo "error: could not install the Debian package wrk" >&2; exit 1; }
-	command -v wrk >/dev/null || { echo "error: wrk is still missing after apt-get" >&2; exit 1; }
+	$(call debian_packages,wrk,wrk,command -v wrk >/dev/null,echo "error: the latency benchmark and its test need it" >&2; exit 1)
 
 demo: $(STAMP) fashion-mnist ## the whole service on this machine: backdoored model in, cleansed model out
 	$(BIN)/argd demo
@@ -102,12 +100,13 @@ services: ## make sure Postgres and Redis answer on loopback, starting them when
 # throw-away database (dropped at the end) and a private Redis key prefix (tests/fixtures/database.py),
 # so runs on a shared machine never see each other's rows. pytest's exit 5 ("no tests collected") fails
 # the target too: a suite that silently ran nothing must not pass.
-test: $(STAMP) services fashion-mnist wrk ## lint, type check, then the whole test suite (Postgres and Redis are checked and started)
+test: $(STAMP) services fashion-mnist chromium wrk ## lint, type check, then the whole test suite (Postgres and Redis are checked and started)
 	@$(BIN)/python -c 'import sys, psycopg, redis; psycopg.connect(host=sys.argv[1], port=int(sys.argv[2]), user=sys.argv[3], dbname="postgres", connect_timeout=5).close(); redis.Redis(host=sys.argv[4], port=int(sys.argv[5]), socket_connect_timeout=5).ping()' \
 	  "$(PG_HOST)" "$(PG_PORT)" "$(PG_USER)" "$(REDIS_HOST)" "$(REDIS_PORT)" \
 	  || { echo "error: Postgres ($(PG_USER)@$(PG_HOST):$(PG_PORT)) or Redis ($(REDIS_HOST):$(REDIS_PORT)) refuses connections" >&2; exit 1; }
 	export ARGD_TEST_PG_HOST="$(PG_HOST)" ARGD_TEST_PG_PORT="$(PG_PORT)"
 	export ARGD_TEST_REDIS_URL="redis://$(REDIS_HOST):$(REDIS_PORT)/$(TEST_REDIS_DB)"
+	export ARGD_TEST_CHROMIUM="$(CHROMIUM)"
 	echo "==> ruff check (lint) and ruff format --check"
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .

@@ -8,7 +8,7 @@ server's database and broker libraries.
     model = client.upload_model("model.safetensors", spec)
     clean = client.upload_dataset("clean.npz")
     job = client.create_job(model["id"], clean["id"])
-    job = client.wait(job["id"])
+    job = client.wait(job["id"])         # follows the job's event stream (polls if it is unavailable)
     client.download_model(job["id"], "cleansed.safetensors")
     typed = client.job(job["id"])         # the same job as an argd.jobs.schemas.JobOut
 """
@@ -81,6 +81,14 @@ class ApiError(ArgdClientError):
         return None
 
     @classmethod
+    def from_body(cls, body: dict[str, Any], method: str, url: str) -> ApiError:
+        """The error a problem document stands for (one sent inside an event stream)."""
+        status = int(body.get("status") or 500)
+        title = str(body.get("title") or "Error")
+        detail = body.get("detail")
+        return cls(status, title, str(detail) if detail else None, method=method, url=url, body=body)
+
+    @classmethod
     def from_response(cls, response: httpx.Response) -> ApiError:
         """Build the error from an RFC 9457 body, falling back to the status line for anything else."""
         body: Any = None
@@ -109,6 +117,10 @@ class ApiError(ArgdClientError):
             url=str(response.request.url),
             body=body,
         )
+
+
+class StreamUnavailable(ArgdClientError):
+    """The server offers no usable event stream for the job (older server, proxy, dropped stream)."""
 
 
 class JobTimeout(ArgdClientError):
@@ -316,6 +328,36 @@ class ArgdClient:
         partial.replace(target)
         return target
 
+    def events(self, job_id: str, *, read_timeout: float | None = None) -> Iterator[dict[str, Any]]:
+        """Follow `GET /v1/jobs/{id}/events`: yield the job each time it changes, until a final status.
+
+        Raises ApiError when the server refuses the stream (and for a `problem` frame: a key revoked, the job
+        deleted), StreamUnavailable when it answers with something that is not an event stream (an older
+        server, a proxy in the way), and ServerUnreachable when the connection fails or drops. A stream that
+        ends without a final status raises StreamUnavailable too, so a caller never mistakes it for the end.
+        """
+        timeout = httpx.Timeout(self._http.timeout.connect, read=read_timeout or self._http.timeout.read)
+        headers = {"Accept": "text/event-stream"}
+        try:
+            with self._http.stream(
+                "GET", f"/v1/jobs/{job_id}/events", headers=headers, timeout=timeout
+            ) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    raise ApiError.from_response(response)
+                if not response.headers.get("content-type", "").startswith("text/event-stream"):
+                    raise StreamUnavailable(f"GET /v1/jobs/{job_id}/events is not an event stream")
+                for event, data in _sse_frames(response.iter_lines()):
+                    if event == "job":
+                        yield cast("dict[str, Any]", json.loads(data))
+                    elif event == "problem":
+                        raise ApiError.from_body(json.loads(data), "GET", str(response.request.url))
+                    elif event == "end":
+                        return
+        except httpx.TransportError as exc:
+            raise ServerUnreachable(self.base_url, _reason(exc)) from exc
+        raise StreamUnavailable(f"the event stream of job {job_id} ended before the job did")
+
     def wait(
         self,
         job_id: str,
@@ -324,15 +366,22 @@ class ArgdClient:
         poll_interval: float = 1.0,
         timeout: float | None = None,
         max_poll_errors: int = 5,
+        stream: bool = True,
     ) -> dict[str, Any]:
-        """Poll until the job is succeeded, failed or canceled; return its final state.
+        """Wait until the job is succeeded, failed or canceled; return its final state.
 
-        `on_progress` gets every polled job body (the final one included). Raises JobTimeout after
-        `timeout` seconds; the job keeps running on the server. A long job outlives API restarts, so up
-        to `max_poll_errors` transient failures in a row (no answer, 429, 5xx) are waited out, with a
-        growing pause, before the last one is raised.
+        It follows the job's event stream (`events`), so progress arrives as it happens without polling;
+        when the stream cannot be opened or drops, it polls `GET /v1/jobs/{id}` every `poll_interval`
+        seconds instead (`stream=False` polls from the start). `on_progress` gets every job body seen (the
+        final one included). Raises JobTimeout after `timeout` seconds; the job keeps running on the
+        server. A long job outlives API restarts, so up to `max_poll_errors` transient failures in a row
+        (no answer, 429, 5xx) are waited out, with a growing pause, before the last one is raised.
         """
         start = time.monotonic()
+        if stream:
+            final = self._wait_streaming(job_id, on_progress, start, timeout)
+            if final is not None:
+                return final
         errors = 0
         while True:
             try:
@@ -345,13 +394,64 @@ class ArgdClient:
                 time.sleep(min(poll_interval * 2**errors, 30.0))
                 continue
             errors = 0
-            if on_progress is not None:
-                on_progress(job)
-            if job.get("status") in TERMINAL_STATUSES:
+            if _observe(job, on_progress, start, timeout):
                 return job
-            if timeout is not None and time.monotonic() - start >= timeout:
-                raise JobTimeout(job_id, timeout, job)
             time.sleep(poll_interval)
+
+    def _wait_streaming(
+        self,
+        job_id: str,
+        on_progress: Callable[[dict[str, Any]], None] | None,
+        start: float,
+        timeout: float | None,
+    ) -> dict[str, Any] | None:
+        """The final job as the event stream delivers it; None when the stream is unavailable or dropped
+        (the caller polls from there). A refusal other than a server error is raised: polling would get
+        the same answer."""
+        job: dict[str, Any] | None = None
+        read_timeout = None if timeout is None else max(timeout, 1.0)
+        try:
+            for job in self.events(job_id, read_timeout=read_timeout):
+                if _observe(job, on_progress, start, timeout):
+                    return job
+        except (StreamUnavailable, ServerUnreachable):
+            return None
+        except ApiError as exc:
+            if exc.status < 500 and exc.status not in (404, 405, 406, 429):
+                raise
+            return None  # 404/405/406 may be a server without the stream; polling tells a missing job apart
+        return job if job is not None and job.get("status") in TERMINAL_STATUSES else None
+
+
+def _observe(
+    job: dict[str, Any],
+    on_progress: Callable[[dict[str, Any]], None] | None,
+    start: float,
+    timeout: float | None,
+) -> bool:
+    """Hand a job body seen while waiting to `on_progress`; True once it is final, JobTimeout when the
+    wait has run out."""
+    if on_progress is not None:
+        on_progress(job)
+    if job.get("status") in TERMINAL_STATUSES:
+        return True
+    if timeout is not None and time.monotonic() - start >= timeout:
+        raise JobTimeout(str(job.get("id", "")), timeout, job)
+    return False
+
+
+def _sse_frames(lines: Iterator[str]) -> Iterator[tuple[str, str]]:
+    """(event, data) of each Server-Sent Events frame; comments and `retry:` lines are skipped."""
+    event, data = "message", list[str]()
+    for line in lines:
+        if not line:
+            if data:
+                yield event, "\n".join(data)
+            event, data = "message", []
+        elif line.startswith("event:"):
+            event = line[6:].strip()
+        elif line.startswith("data:"):
+            data.append(line[5:].removeprefix(" "))
 
 
 def page_items(page: Any) -> list[dict[str, Any]]:

@@ -16,9 +16,10 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from argd import __version__
+from argd.api import console
 from argd.api.errors import document_problems, install_error_handlers
 from argd.api.limits import BodySizeLimit
-from argd.api.routes import datasets, health, jobs, models, webhooks
+from argd.api.routes import catalog, datasets, health, jobs, models, webhooks
 from argd.api.throttle import FailedAuthThrottle
 from argd.persistence.artifacts import LocalArtifactStore
 from argd.persistence.db import get_sessionmaker
@@ -34,12 +35,14 @@ Upload a model (`POST /v1/models`) and a small clean subset of its training data
 create a job (`POST /v1/jobs`), poll it (`GET /v1/jobs/{id}`) and download the cleansed weights
 (`GET /v1/jobs/{id}/model`). Every `/v1` call needs `Authorization: Bearer <API key>`; each key sees only its
 own resources. Errors are RFC 9457 problem details (`application/problem+json`) with a stable `code`.
+`GET /v1/jobs/{id}/events` streams a job's changes as Server-Sent Events. The web console is at `/console/`.
 """
 
 OPENAPI_TAGS = [
     {"name": "models", "description": "Uploaded classifiers (validated at upload, stored as safetensors)"},
     {"name": "datasets", "description": "Uploaded image sets (clean subset, test set, poisoned set)"},
     {"name": "jobs", "description": "Cleanse jobs: progress, metrics, results"},
+    {"name": "catalog", "description": "What a spec and a job may name: architectures, parameter presets"},
     {"name": "health", "description": "Liveness and readiness probes"},
 ]
 
@@ -71,7 +74,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_headers=["Authorization", "Content-Type", "Idempotency-Key"],
             expose_headers=["Location"],
         )
-    for module in (models, datasets, jobs, webhooks, health):
+    app.add_middleware(console.SecurityHeaders)
+    for module in (models, datasets, jobs, catalog, webhooks, health, console):
         app.include_router(module.router)
     _customize_openapi(app)
     return app

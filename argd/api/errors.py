@@ -117,6 +117,12 @@ def problem_response(
     **extensions: Any,
 ) -> JSONResponse:
     """Build the problem+json response; extension members that are None are left out."""
+    body = problem_body(request, status, code, detail, **extensions)
+    return JSONResponse(body, status_code=status, headers=headers, media_type=PROBLEM_MEDIA_TYPE)
+
+
+def problem_body(request: Request | None, status: int, code: str, detail: str, **extensions: Any) -> Any:
+    """The problem document itself (also what an event stream sends when it has to stop)."""
     try:
         title = HTTPStatus(status).phrase
     except ValueError:
@@ -131,9 +137,7 @@ def problem_response(
     if request is not None:
         body["instance"] = request.url.path
     body.update({k: v for k, v in extensions.items() if v is not None})
-    return JSONResponse(
-        jsonable_encoder(body), status_code=status, headers=headers, media_type=PROBLEM_MEDIA_TYPE
-    )
+    return jsonable_encoder(body)
 
 
 def _code_for_status(status: int) -> str:

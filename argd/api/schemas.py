@@ -8,7 +8,7 @@ summary, progress, metrics, error) are the domain's, in `argd.jobs.schemas`.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -84,3 +84,39 @@ class WebhookSecret(BaseModel):
         default=["webhook-id", "webhook-timestamp", "webhook-signature"],
         description="The headers every delivery carries",
     )
+
+
+class ArchitectureKwarg(BaseModel):
+    """One `arch_kwargs` entry an architecture accepts."""
+
+    name: str
+    type: Literal["bool", "int", "float", "str"]
+    help: str
+
+
+class ArchitectureOut(BaseModel):
+    """An entry of the allowlisted architecture registry: what `spec.architecture` may name."""
+
+    id: str = Field(description="The value for `spec.architecture`, e.g. 'wrn-16-1'")
+    family: str
+    description: str
+    arch_kwargs: list[ArchitectureKwarg] = Field(description="The `spec.arch_kwargs` it accepts")
+    feature_layers: list[str] | None = Field(
+        description="Default attention levels (null: detected from the model at upload)"
+    )
+
+
+class ArchitectureList(BaseModel):
+    items: list[ArchitectureOut]
+
+
+class PresetOut(BaseModel):
+    """A named parameter set: every CleanseParams field, to send as a job's `params` or to start from."""
+
+    name: str
+    description: str
+    params: dict[str, Any] = Field(description="Every CleanseParams field of the preset")
+
+
+class PresetList(BaseModel):
+    items: list[PresetOut]

@@ -1,4 +1,5 @@
-"""`/v1/jobs`: create (idempotent), read with progress and history, list, cancel, delete, download, report.
+"""`/v1/jobs`: create (idempotent), read with progress and history, list, cancel, delete, download, report,
+and follow as Server-Sent Events (`argd.api.events`).
 
 Thin: each route parses the request, calls `argd.jobs.service` and shapes the answer with
 `argd.jobs.views`; the service's refusals become problem documents in `argd.api.errors`.
@@ -8,15 +9,19 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from functools import partial
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Response
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.security import HTTPAuthorizationCredentials
 from sqlalchemy.orm import Session
 
+from argd.api.auth import bearer_scheme
 from argd.api.conditional import NOT_MODIFIED, IfNoneMatch, etag_matches, json_with_etag, not_modified
-from argd.api.deps import PrincipalDep, QueueDep, SessionDep, SettingsDep, StoreDep
-from argd.api.errors import Problem, problem_responses
+from argd.api.deps import PrincipalDep, QueueDep, SessionDep, SettingsDep, StoreDep, session_factory
+from argd.api.errors import Problem, problem_body, problem_responses
+from argd.api.events import EVENT_STREAM, job_stream, read_snapshot
 from argd.api.pagination import DEFAULT_LIMIT, CursorQuery, LimitQuery
 from argd.api.routes.common import owned_page
 from argd.api.schemas import JobPage
@@ -228,3 +233,41 @@ def get_job_report(
     with store.open(sha) as handle:
         report = json.load(handle)
     return JSONResponse(report)
+
+
+@router.get(
+    "/{job_id}/events",
+    operation_id="streamJobEvents",
+    summary="Follow a job as Server-Sent Events",
+    response_class=StreamingResponse,
+    responses={
+        200: {
+            "description": "An event stream (`text/event-stream`). `event: job` frames carry the job exactly "
+            "as `GET /v1/jobs/{id}` answers it, sent when it changes (the first frame at once); `event: "
+            "end` (data `{status}`) follows a final status and closes the stream; `event: problem` (a "
+            "problem-details body) closes it when the key is revoked or the job deleted meanwhile. Comment "
+            "lines keep an idle stream open. Send the key in the Authorization header (read the stream "
+            "with fetch(), not EventSource, in a browser).",
+            "content": {EVENT_STREAM: {"schema": {"type": "string"}}},
+        },
+        **problem_responses(401, 404),
+    },
+)
+def stream_job_events(
+    job_id: str,
+    request: Request,
+    principal: PrincipalDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
+    session: SessionDep,
+    settings: SettingsDep,
+) -> StreamingResponse:
+    """Live progress without polling: one frame per change of the job, until it finishes."""
+    service.owned_job(session, principal.tenant_id, job_id)  # 404 before the stream starts
+    api_key = credentials.credentials if credentials is not None else ""  # set: the principal came from it
+    read = partial(read_snapshot, session_factory(request), settings, api_key, principal.tenant_id, job_id)
+    stream = job_stream(read, partial(problem_body, request))
+    return StreamingResponse(
+        stream,
+        media_type=EVENT_STREAM,
+        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+    )
