@@ -7,6 +7,8 @@ import json
 import re
 from pathlib import Path
 
+from argd.cli.demo import SHIPPED_MODEL, DemoConfig, _shipped_matches, demo_spec
+from argd.core.weights import load_model
 from tests.cli.conftest import argd_env, run_argd
 
 
@@ -83,3 +85,13 @@ def test_remake_model_writes_the_backdoored_model_with_its_settings(tmp_path: Pa
     made_with = json.loads(metadata["demo_config"])
     assert made_with["architecture"] == "small-cnn" and made_with["train_size"] == 300
     assert metadata["source"] == "synthetic"
+
+
+def test_the_shipped_model_is_the_default_demo_model() -> None:
+    """`make demo` starts at once only while the shipped file matches the demo's default settings."""
+    assert SHIPPED_MODEL.is_file(), "remake it: argd demo --remake-model " + str(SHIPPED_MODEL)
+    assert _shipped_matches(DemoConfig(), "fashion-mnist")
+    assert not _shipped_matches(DemoConfig(backdoor_epochs=3), "fashion-mnist")
+    assert not _shipped_matches(DemoConfig(), "synthetic")
+    model = load_model(SHIPPED_MODEL, demo_spec(DemoConfig()))
+    assert sum(p.numel() for p in model.parameters()) == 174_778

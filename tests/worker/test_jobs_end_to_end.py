@@ -50,7 +50,12 @@ def test_job_succeeds_with_metrics_events_and_results(
     assert report["job_id"] == job_id and report["seed"] == 3 and report["params"]["epochs"] == 2
     assert report["outputs"]["model"]["sha256"] == job.result_model_sha256
     assert report["metrics"]["after"] == job.metrics["after"]
-    assert not (service_settings.work_dir / job_id / "attempt-1").exists()
+    # The attempt's work folder goes once the attempt ends, which is just after the job is marked done.
+    workdir = service_settings.work_dir / job_id / "attempt-1"
+    deadline = time.monotonic() + 30
+    while workdir.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not workdir.exists()
 
 
 def test_bad_input_fails_with_its_code_and_message(
