@@ -1,11 +1,13 @@
 """Server-Sent Events for one job: `GET /v1/jobs/{id}/events` pushes the job whenever it changes.
 
 Clients that would otherwise poll (the web console, `argd status --wait`, `ArgdClient.wait`, MLOps steps)
-hold one connection instead. The stream reads the job on a short server-side tick (one indexed lookup and its
-epoch events, the same work as one `GET /v1/jobs/{id}`) and sends an `event: job` frame, whose data is the
-job exactly as `GET /v1/jobs/{id}` answers it, only when the body changed. A final status ends the stream
-with `event: end`. The key is checked again on every tick, so a key revoked while a page is open stops its
-stream with an `event: problem` frame (the problem details of the 401) instead of leaking further updates.
+hold one connection instead. The stream reads the job on a short server-side tick and, like a poll with
+`If-None-Match`, compares its entity tag first (`job_etag`: the public fields and the history's count and
+newest id), so an unchanged tick reads no event rows and builds no body. When the tag moved it sends an
+`event: job` frame, whose data is the job exactly as `GET /v1/jobs/{id}` answers it. A final status ends
+the stream with `event: end`. The key is checked again on every tick, so a key revoked while a page is open
+stops its stream with an `event: problem` frame (the problem details of the 401) instead of leaking further
+updates.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from argd.jobs.errors import NotFound
 from argd.jobs.service import owned_job
 from argd.jobs.status import TERMINAL_STATUSES
-from argd.jobs.views import job_out
+from argd.jobs.views import job_etag, job_out
 from argd.persistence import jobs as job_state
 from argd.persistence import keys
 from argd.persistence.settings import Settings
@@ -44,57 +46,70 @@ def frame(event: str, data: Any, event_id: int | None = None) -> bytes:
 
 @dataclass(frozen=True)
 class Snapshot:
-    """What one tick saw: the job body (None when it is gone) and whether the key still holds."""
+    """What one tick saw: whether the key still holds, the job's entity tag (None when the job is gone),
+    and its body, which is None too when the tag is the one the caller already had."""
 
-    job: dict[str, Any] | None
     authorized: bool
+    etag: str | None = None
+    job: dict[str, Any] | None = None
 
 
 def read_snapshot(
-    sessions: sessionmaker[Session], settings: Settings, api_key: str, tenant_id: str, job_id: str
+    sessions: sessionmaker[Session],
+    settings: Settings,
+    api_key: str,
+    tenant_id: str,
+    job_id: str,
+    known_etag: str | None = None,
 ) -> Snapshot:
-    """The job as `GET /v1/jobs/{id}` would answer it now, if the key is still valid (a blocking read)."""
+    """The job as `GET /v1/jobs/{id}` would answer it now, if the key is still valid (a blocking read);
+    no body when its tag is still `known_etag`."""
     with sessions() as session:
         tenant = keys.authenticate(session, api_key, settings)
         if tenant is None or tenant.id != tenant_id:
-            return Snapshot(None, authorized=False)
+            return Snapshot(authorized=False)
         try:
             job = owned_job(session, tenant_id, job_id)
         except NotFound:
-            return Snapshot(None, authorized=True)
+            return Snapshot(authorized=True)
+        etag = job_etag(job, job_state.history_marker(session, job.id))
+        if etag == known_etag:
+            return Snapshot(authorized=True, etag=etag)
         body = job_out(job, job_state.job_events(session, job.id)).model_dump(mode="json")
-        return Snapshot(body, authorized=True)
+        return Snapshot(authorized=True, etag=etag, job=body)
 
 
 async def job_stream(
-    read: Callable[[], Snapshot],
+    read: Callable[[str | None], Snapshot],
     problem: Callable[[int, str, str], dict[str, Any]],
     *,
     tick_s: float = TICK_S,
     keepalive_s: float = KEEPALIVE_S,
 ) -> AsyncIterator[bytes]:
-    """The frames of one stream. `read` takes a snapshot (run in a thread); `problem(status, code, detail)`
-    builds the problem body sent when the key is revoked or the job deleted mid-stream."""
+    """The frames of one stream. `read(known_etag)` takes a snapshot (run in a thread);
+    `problem(status, code, detail)` builds the problem body sent when the key is revoked or the job deleted
+    mid-stream."""
     yield f"retry: {RETRY_MS}\n\n".encode()
-    last: dict[str, Any] | None = None
+    last_etag: str | None = None
+    status = ""
     sent = 0
     quiet_since = time.monotonic()
     while True:
-        snapshot = await anyio.to_thread.run_sync(read)
+        snapshot = await anyio.to_thread.run_sync(read, last_etag)
         if not snapshot.authorized:
             body = problem(401, "unauthorized", "The API key is not valid (unknown or revoked)")
             yield frame("problem", body)
             return
-        if snapshot.job is None:
+        if snapshot.etag is None:
             yield frame("problem", problem(404, "not_found", "The job was deleted"))
             return
-        if snapshot.job != last:
+        if snapshot.job is not None:
             sent += 1
-            last = snapshot.job
+            last_etag, status = snapshot.etag, snapshot.job["status"]
             quiet_since = time.monotonic()
             yield frame("job", snapshot.job, sent)
-        if snapshot.job["status"] in TERMINAL_STATUSES:
-            yield frame("end", {"status": snapshot.job["status"]}, sent)
+        if status in TERMINAL_STATUSES:
+            yield frame("end", {"status": status}, sent)
             return
         if time.monotonic() - quiet_since >= keepalive_s:
             quiet_since = time.monotonic()
