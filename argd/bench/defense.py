@@ -524,7 +524,10 @@ def run_one_defense(
         {
             when: {
                 "ce": h["losses"]["ce"],
-                **{t: weights[t] * h["losses"][t] for t in ("node", "edge", "emb", "logit")},
+                **{
+                    t: weights[t] * h["losses"].get(t, 0.0)
+                    for t in ("node", "edge", "emb", "logit", "uploaded")
+                },
                 "head": h["losses"].get("head", 0.0),
             }
             for when, h in (("first_epoch", distill[0]), ("last_epoch", distill[-1]))

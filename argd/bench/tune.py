@@ -63,6 +63,22 @@ GRID: dict[str, tuple[str, dict[str, Any]]] = {
     "student-alpha-0": ("student head re-initialised, not pushed (teacher 0.2)", {"student_fst_alpha": 0.0}),
     "epochs-15": ("15 student epochs", {"epochs": 15}),
     "teacher-20": ("20 FST teacher epochs", {"teacher_epochs": 20}),
+    "uploaded-logit": (
+        "the student also matches the uploaded model's own clean outputs (weight 1)",
+        {"w_uploaded_logit": 1.0},
+    ),
+    "uploaded-logit-only": (
+        "the student's logit distillation from the uploaded model instead of the teacher",
+        {"w_uploaded_logit": 1.0, "w_logit": 0.0},
+    ),
+    "hinge": (
+        "the student's head pushed only until orthogonal to the uploaded one",
+        {"student_fst_hinge": True},
+    ),
+    "hinge-uploaded-logit": (
+        "hinged student head, and logit distillation from the uploaded model too",
+        {"student_fst_hinge": True, "w_uploaded_logit": 1.0},
+    ),
 }
 
 

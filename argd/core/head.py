@@ -35,8 +35,8 @@ def find_head(model: nn.Module, name: str | None) -> nn.Linear:
 class ShiftedHead:
     """The FST head of one phase: remembers `W0`, re-initialises the head, gives the penalty, renormalises."""
 
-    def __init__(self, head: nn.Linear, alpha: float) -> None:
-        self.head, self.alpha = head, float(alpha)
+    def __init__(self, head: nn.Linear, alpha: float, hinge: bool = False) -> None:
+        self.head, self.alpha, self.hinge = head, float(alpha), hinge
         self.original = head.weight.detach().clone()
         self.norm = float(self.original.norm())
 
@@ -51,8 +51,14 @@ class ShiftedHead:
         self.renormalise()
 
     def penalty(self) -> torch.Tensor:
-        """`alpha * <W, W0>`: lowest when the head points away from the original one."""
-        return self.alpha * (self.head.weight.float() * self.original.float()).sum()
+        """`alpha * <W, W0>`: lowest when the head points away from the original one. With `hinge`, each
+        class's row is pushed only until it is orthogonal to its original row (`alpha * sum_i max(<w_i,
+        w0_i>, 0)`): the compromised direction is left, but the features need not be rebuilt for its
+        opposite."""
+        rows = (self.head.weight.float() * self.original.float()).sum(dim=1)
+        if self.hinge:
+            rows = rows.clamp(min=0)
+        return self.alpha * rows.sum()
 
     def renormalise(self) -> None:
         """Rescale the head weight to the original norm."""

@@ -44,7 +44,8 @@ class Recipe:
     """How one training phase tunes its network: the pieces every method and teacher combine.
 
     `head`: "fst" re-initialises the classifier head and pushes it away from the original one
-    (feature-shift tuning) with weight `fst_alpha`, "keep" tunes it from where it is. `sam_rho`: radius of
+    (feature-shift tuning) with weight `fst_alpha` (with `fst_hinge`, only until orthogonal), "keep" tunes it
+    from where it is. `sam_rho`: radius of
     adaptive SAM, 0 for plain SGD steps. `distil`: whether the phase learns from a teacher (attention terms
     and logit distillation).
     """
@@ -55,6 +56,7 @@ class Recipe:
     label_smoothing: float
     weight_decay: float
     distil: bool
+    fst_hinge: bool = False
 
 
 class CleanseParams(BaseModel):
@@ -112,6 +114,11 @@ class CleanseParams(BaseModel):
         le=100,
         description="FST head weight of the argd/nad student; null = fst_alpha (the teacher's and fst's)",
     )
+    student_fst_hinge: bool = Field(
+        False,
+        description="Push each row of the argd/nad student's head only until it is orthogonal to the "
+        "uploaded head's row, not towards its opposite",
+    )
     sam_rho: float = Field(2.0, gt=0, le=100, description="Radius of adaptive SAM (FT-SAM: 2)")
     label_smoothing: float | None = Field(
         None, ge=0, lt=1, description="Cross-entropy label smoothing; null = 0.1 in SAM phases, else 0"
@@ -120,6 +127,13 @@ class CleanseParams(BaseModel):
         1.0, ge=0, le=1e4, description="Weight of logit distillation (KL to the teacher's softened outputs)"
     )
     kd_temperature: float = Field(4.0, gt=0, le=100, description="Temperature of logit distillation")
+    w_uploaded_logit: float = Field(
+        0.0,
+        ge=0,
+        le=1e4,
+        description="argd: weight of logit distillation from the uploaded model's own outputs on the clean "
+        "subset (it holds more clean accuracy than a teacher tuned on a few thousand images); 0 off",
+    )
 
     # Teacher.
     teacher_epochs: int = Field(
@@ -228,10 +242,16 @@ class CleanseParams(BaseModel):
         """The distillation weights the method actually uses: nad keeps only the node term; finetune, fst
         and ft-sam learn from no teacher."""
         if self.method == "nad":
-            return {"node": self.w_node, "edge": 0.0, "emb": 0.0, "logit": 0.0}
+            return {"node": self.w_node, "edge": 0.0, "emb": 0.0, "logit": 0.0, "uploaded": 0.0}
         if self.method == "argd":
-            return {"node": self.w_node, "edge": self.w_edge, "emb": self.w_emb, "logit": self.w_logit}
-        return {"node": 0.0, "edge": 0.0, "emb": 0.0, "logit": 0.0}
+            return {
+                "node": self.w_node,
+                "edge": self.w_edge,
+                "emb": self.w_emb,
+                "logit": self.w_logit,
+                "uploaded": self.w_uploaded_logit,
+            }
+        return {"node": 0.0, "edge": 0.0, "emb": 0.0, "logit": 0.0, "uploaded": 0.0}
 
     @property
     def needs_teacher(self) -> bool:
@@ -240,7 +260,7 @@ class CleanseParams(BaseModel):
 
     def recipe(self, phase: str) -> Recipe:
         """The pieces phase "teacher" or "distill" (the student) is made of; see `Recipe`."""
-        alpha = self.fst_alpha
+        alpha, hinge = self.fst_alpha, False
         if phase == "teacher":
             head: HeadMode = "fst" if self.teacher == "fst" else "keep"
             sam, distil = self.teacher == "sam", False
@@ -254,13 +274,14 @@ class CleanseParams(BaseModel):
             head, sam, distil = self.student_head, self.student_sam, self.needs_teacher
             if self.student_fst_alpha is not None:
                 alpha = self.student_fst_alpha
+            hinge = self.student_fst_hinge
         smoothing = self.label_smoothing
         if smoothing is None:
             smoothing = SAM_LABEL_SMOOTHING if sam else 0.0
         decay = self.weight_decay
         if decay is None:
             decay = 0.0 if head == "fst" else DEFAULT_WEIGHT_DECAY
-        return Recipe(head, alpha, self.sam_rho if sam else 0.0, smoothing, decay, distil)
+        return Recipe(head, alpha, self.sam_rho if sam else 0.0, smoothing, decay, distil, hinge)
 
     def teacher_problem(self, uploaded: bool) -> str | None:
         """Why this job's teacher setting cannot run with (`uploaded`) or without an uploaded teacher model;

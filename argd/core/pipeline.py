@@ -271,6 +271,7 @@ def _run(
         device=device,
         teacher=teacher_net,
         teacher_spec=teacher_spec if given_teacher is not None else None,
+        uploaded=base,
         val=val_d,
         progress=progress,
         should_cancel=should_cancel,

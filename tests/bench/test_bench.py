@@ -79,7 +79,7 @@ def test_defense_end_to_end_on_fashion_mnist(tmp_path: Path, capsys: pytest.Capt
     assert row["defenses"]["ft-sam"]["params"]["sam_rho"] == 2.0
     # ARGD's term magnitudes are recorded beside the cross-entropy.
     assert set(row["defenses"]["argd"]["term_scales"]["first_epoch"]) == {
-        "ce", "node", "edge", "emb", "logit", "head"
+        "ce", "node", "edge", "emb", "logit", "uploaded", "head"
     }  # fmt: skip
     assert row["defenses"]["nad"]["term_scales"]["first_epoch"]["edge"] == 0.0
     # The retuning attack ran on every cleansed model and on the clean model (the floor).

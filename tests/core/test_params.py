@@ -71,12 +71,13 @@ def test_presets_take_validated_overrides() -> None:
 
 def test_method_decides_the_effective_weights() -> None:
     base = {"w_node": 2.0, "w_edge": 3.0, "w_emb": 4.0}
-    argd = CleanseParams(method="argd", w_logit=0.5, **base).effective_weights()
-    assert argd == {"node": 2.0, "edge": 3.0, "emb": 4.0, "logit": 0.5}
-    nad = CleanseParams(method="nad", w_logit=0.5, **base).effective_weights()
-    assert nad == {"node": 2.0, "edge": 0.0, "emb": 0.0, "logit": 0.0}
+    argd = CleanseParams(method="argd", w_logit=0.5, w_uploaded_logit=0.25, **base).effective_weights()
+    assert argd == {"node": 2.0, "edge": 3.0, "emb": 4.0, "logit": 0.5, "uploaded": 0.25}
+    nad = CleanseParams(method="nad", w_logit=0.5, w_uploaded_logit=0.25, **base).effective_weights()
+    assert nad == {"node": 2.0, "edge": 0.0, "emb": 0.0, "logit": 0.0, "uploaded": 0.0}
     finetune = CleanseParams(method="finetune", **base)
-    assert finetune.effective_weights() == {"node": 0.0, "edge": 0.0, "emb": 0.0, "logit": 0.0}
+    zero = {"node": 0.0, "edge": 0.0, "emb": 0.0, "logit": 0.0, "uploaded": 0.0}
+    assert finetune.effective_weights() == zero
     assert not finetune.needs_teacher and CleanseParams(method="nad").needs_teacher
 
 

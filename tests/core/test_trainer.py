@@ -133,7 +133,7 @@ def test_progress_events_arrive_in_order(data: ImageData) -> None:
     assert all(e.phase == "distill" and e.epochs == 2 and e.batches == 3 for e in events)
     ends = [e for e in events if e.end_of_epoch]
     assert [e.losses for e in ends] == [h["losses"] for h in trainer.history]
-    assert set(ends[0].losses) == {"ce", "node", "edge", "emb", "logit", "head", "total"}
+    assert set(ends[0].losses) == {"ce", "node", "edge", "emb", "logit", "uploaded", "head", "total"}
     assert all(ends[0].losses[k] > 0 for k in ("ce", "node", "edge", "emb"))
 
 

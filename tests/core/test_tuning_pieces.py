@@ -161,3 +161,58 @@ def test_the_student_fst_weight_applies_to_the_argd_and_nad_student_only() -> No
         model, bar_images(32, seed=2), SPEC, params, phase="distill", device=CPU, teacher=teacher
     )
     assert trainer.shifted_head is not None and trainer.shifted_head.alpha == 0.05
+
+
+def test_the_hinged_head_term_stops_pushing_a_row_once_it_is_orthogonal() -> None:
+    head = nn.Linear(3, 2, bias=False)
+    with torch.no_grad():
+        head.weight.copy_(torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]))
+    full, hinged = ShiftedHead(head, 0.5), ShiftedHead(head, 0.5, hinge=True)
+    with torch.no_grad():  # row 0 still leans on its original row, row 1 already points away from its own
+        head.weight.copy_(torch.tensor([[0.6, 0.8, 0.0], [0.0, -0.6, 0.8]]))
+    assert float(full.penalty()) == pytest.approx(0.5 * (0.6 - 0.6))
+    assert float(hinged.penalty()) == pytest.approx(0.5 * 0.6)
+    hinged.penalty().backward()
+    assert head.weight.grad is not None
+    # Only the row that still leans on the original one is pushed, and only along its original row.
+    assert torch.allclose(head.weight.grad, torch.tensor([[0.5, 0.0, 0.0], [0.0, 0.0, 0.0]]))
+    params = CleanseParams(method="argd", student_fst_hinge=True)
+    assert params.recipe("distill").fst_hinge and not params.recipe("teacher").fst_hinge
+    assert not CleanseParams(method="fst", student_fst_hinge=True).recipe("distill").fst_hinge
+
+
+def test_the_student_can_also_match_the_uploaded_models_own_outputs() -> None:
+    torch.manual_seed(0)
+    uploaded = build_model(SPEC)
+    teacher = copy.deepcopy(uploaded)
+    with torch.no_grad():  # a teacher that answers differently from the uploaded model
+        for p in teacher.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    data = bar_images(32, seed=3)
+    params = CleanseParams(
+        method="argd", epochs=1, batch_size=16, w_uploaded_logit=2.0, student_head="keep",
+        w_node=0, w_edge=0, w_emb=0,
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="uploaded model was not given"):
+        Trainer(copy.deepcopy(uploaded), data, SPEC, params, phase="distill", device=CPU, teacher=teacher)
+    trainer = Trainer(
+        copy.deepcopy(uploaded), data, SPEC, params, phase="distill", device=CPU, teacher=teacher,
+        uploaded=copy.deepcopy(uploaded),
+    )  # fmt: skip
+    assert trainer.distillation is not None and trainer.distillation.w_uploaded == 2.0
+    x = data.x[:8].float().div(255)
+    targets = trainer.distillation.targets(x)
+    assert targets.uploaded is not None
+    # The student starts as the uploaded model: nothing to match there yet, but the teacher differs.
+    terms = trainer.distillation.terms(uploaded.eval()(x), targets)
+    assert float(terms["uploaded"]) == pytest.approx(0.0, abs=1e-6)
+    assert float(terms["logit"]) > 1e-4
+    moved = trainer.distillation.terms(teacher(x), targets)
+    assert float(moved["logit"]) == pytest.approx(0.0, abs=1e-6)
+    assert float(moved["uploaded"]) > 1e-4
+    assert float(moved["total"]) == pytest.approx(2.0 * float(moved["uploaded"]), rel=1e-5)
+    history = trainer.fit()
+    assert history[0]["losses"]["uploaded"] > 0
+    # Off by default, and never for the baselines.
+    assert CleanseParams().effective_weights()["uploaded"] == 0.0
+    assert CleanseParams(method="nad", w_uploaded_logit=1.0).effective_weights()["uploaded"] == 0.0
