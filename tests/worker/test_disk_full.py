@@ -10,6 +10,7 @@ removed, the stored checkpoint is intact); and the next job on the same worker a
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -63,6 +64,10 @@ def test_a_full_work_disk_fails_the_job_with_storage_full(
     assert (job.status, job.error_code, job.error_message) == ("failed", "storage_full", STORAGE_FULL_MESSAGE)
     assert job.attempts == 1 and job.result_model_sha256 is None
     assert _intact(settings, job.checkpoint_sha256)  # what was stored before the disk filled is whole
+    # The attempt's folder goes just after the job is marked failed: nothing of it stays on the disk.
+    deadline = time.monotonic() + 30
+    while (small_work_dir / job_id).exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert [p.name for p in small_work_dir.iterdir()] == (["filler"] if filler.exists() else [])
 
     filler.unlink(missing_ok=True)
