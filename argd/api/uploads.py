@@ -20,7 +20,7 @@ import tempfile
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 import anyio.to_thread
 from python_multipart.exceptions import MultipartParseError
@@ -28,6 +28,9 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
 from argd.api.errors import Problem
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
 from argd.persistence.tempfiles import UPLOAD_PREFIX
 
 # Room for the part headers and small text fields on top of the file limit when checking the whole body.
@@ -301,6 +304,13 @@ def check_content_length(request: Request, limit: int, file_limit: int) -> None:
         raise Problem(400, "bad_request", "The Content-Length header is not a number") from exc
     if length > limit:
         raise _too_large(f"The request body of {length} bytes exceeds the upload limit of {file_limit} bytes")
+
+
+async def end_transaction(session: Session) -> None:
+    """End the transaction authentication opened, before a body streams in: a body may take minutes, and
+    it should hold no database connection meanwhile; the store step then takes a fresh, checked one, so a
+    database that restarted while the body streamed costs the upload nothing."""
+    await anyio.to_thread.run_sync(session.commit)
 
 
 @contextlib.asynccontextmanager

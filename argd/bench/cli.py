@@ -230,6 +230,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--latency-duration", type=float, default=10.0, help="seconds per rate (default: 10)")
     r.add_argument("--fuzz-examples", type=positive_int, default=50, help="per operation (default: 50)")
     r.add_argument("--out", type=Path, help="folder for reliability.json and reliability.md")
+    r.add_argument(
+        "--suites",
+        nargs="+",
+        metavar="FILE",
+        help="rerun only these test files (path or base name, e.g. test_disk_full.py) and update their rows "
+        "in the page of an earlier run in --out, keeping its fuzzing and load figures",
+    )
 
     add_subcommands(sub)  # the service benchmarks: api-latency, upload-memory
     return parser
@@ -247,9 +254,23 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "job-speed":
             return _job_speed(args)
         if args.command == "reliability":
-            from argd.bench.reliability import reliability_markdown, run_reliability
+            from argd.bench.reliability import refresh_suites, reliability_markdown, run_reliability
             from argd.bench.stats import publish
 
+            if args.suites:
+                if args.out is None:
+                    print(
+                        "argd bench: error: --suites needs --out (the folder of the page to update)",
+                        file=sys.stderr,
+                    )
+                    return 2
+                try:
+                    refreshed = refresh_suites(args.out, args.suites)
+                except (ValueError, FileNotFoundError) as exc:
+                    print(f"argd bench: error: {exc}", file=sys.stderr)
+                    return 2
+                publish(refreshed, reliability_markdown(refreshed), "reliability", args.out)
+                return 0
             result = run_reliability(
                 latency_duration_s=args.latency_duration, fuzz_examples=args.fuzz_examples
             )

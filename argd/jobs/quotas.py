@@ -13,8 +13,16 @@ from argd.persistence import quotas
 
 
 def check_upload(session: Session, tenant_id: str, size: int) -> None:
-    """Refuse an upload that would take the tenant's stored bytes past its quota."""
-    limit = quotas.tenant_quotas(session, tenant_id).max_stored_bytes
+    """Refuse an upload that would take the tenant's stored bytes past its quota.
+
+    With a quota set, the tenant stays locked until the caller's transaction ends: store and commit in the
+    same transaction, so that concurrent uploads cannot each pass the check and together overshoot it.
+    """
+    if quotas.tenant_quotas(session, tenant_id).max_stored_bytes is None:
+        return
+    quotas.lock_tenant(session, tenant_id)
+    # The limit and the usage as they are now that no other upload of the tenant is between check and commit.
+    limit = quotas.tenant_quotas(session, tenant_id, fresh=True).max_stored_bytes
     if limit is None:
         return
     used = quotas.stored_bytes(session, tenant_id)

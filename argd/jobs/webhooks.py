@@ -8,10 +8,11 @@ shape as `GET /v1/jobs/{id}`. The body is signed the Standard Webhooks way: head
 `whsec_` secret. Each tenant has its own secret, derived from the deployment's master secret, so no tenant can
 forge another's notifications.
 
-URLs must be https to a public address. The check runs when the job is created (`validate_webhook_url`) and
-again at each delivery after DNS resolution (`resolve_target`); the request then goes to the address that was
-checked, so a name that re-resolves to a private address cannot redirect it. Settings relax this for tests
-and private deployments.
+URLs must be https to a public address. The check runs when the job is created (`validate_webhook_url`, no
+DNS) and again at each delivery after DNS resolution (`resolve_target`, every address the name has); the
+request then goes to the address that was checked, and the connection itself refuses any address this policy
+refuses (`check_address`), so a name that re-resolves to a private address (DNS rebinding) cannot redirect
+it. Settings relax this for tests and private deployments.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import ipaddress
 import json
 import socket
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
@@ -38,6 +39,8 @@ EVENT_TYPES = {"succeeded": "job.succeeded", "failed": "job.failed", "canceled":
 MAX_URL_LENGTH = 2048
 _PRIVATE_SUFFIXES = (".localhost", ".local", ".internal", ".localdomain", ".home.arpa")
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+Resolver = Callable[[str, int], Sequence[str]]
+"""Host name and port to the addresses to try, as text (a seam: tests answer as a rebinding DNS would)."""
 
 
 class WebhookUrlError(ValueError):
@@ -171,16 +174,44 @@ def _unmapped(address: IPAddress) -> IPAddress:
     return address
 
 
-def resolve_target(url: str, settings: Settings) -> tuple[Target, IPAddress]:
-    """Check the URL, resolve its host, check every address; returns the address to connect to."""
+def check_address(host: str, settings: Settings) -> IPAddress:
+    """The address a connection is about to be made to, if the policy allows it; WebhookUrlError if not.
+
+    Only literal addresses pass: a connection that would resolve a name itself could reach anything.
+    """
+    try:
+        address = ipaddress.ip_address(host.split("%")[0])
+    except ValueError as exc:
+        raise WebhookUrlError(f"webhook connection refused: {host!r} is not a checked address") from exc
+    reason = _address_refusal(address, settings)
+    if reason:
+        raise WebhookUrlError(f"webhook connection refused: {reason}")
+    return address
+
+
+def system_resolver(host: str, port: int) -> list[str]:
+    """The operating system's answer for a TCP connection to host:port (socket.gaierror if none)."""
+    return [str(info[4][0]) for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)]
+
+
+def resolve_target(
+    url: str, settings: Settings, resolver: Resolver = system_resolver
+) -> tuple[Target, IPAddress]:
+    """Check the URL, resolve its host once, check every address; returns the address to connect to."""
     target = _parse(url, settings)
     try:
-        infos = socket.getaddrinfo(target.host, target.port, type=socket.SOCK_STREAM)
+        answers = resolver(target.host, target.port)
     except socket.gaierror as exc:
         raise WebhookUrlError(
             f"webhook host {target.host} does not resolve: {exc.strerror}", transient=True
         ) from exc
-    addresses = [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos]
+    addresses = []
+    for answer in answers:
+        try:
+            addresses.append(ipaddress.ip_address(answer.split("%")[0]))
+        except ValueError as exc:
+            message = f"webhook host {target.host} resolves to {answer!r}, not an address"
+            raise WebhookUrlError(message) from exc
     if not addresses:
         raise WebhookUrlError(f"webhook host {target.host} has no addresses")
     for address in addresses:

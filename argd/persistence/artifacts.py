@@ -39,9 +39,26 @@ STORAGE_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 STORAGE_FULL_MESSAGE = "The artifact store is full; nothing was stored. The operators must free space."
 
 
+_STORAGE_FULL_TEXTS = tuple(os.strerror(number) for number in STORAGE_FULL_ERRNOS)
+
+
 def is_storage_full(exc: BaseException) -> bool:
-    """Whether a write failed because the disk (or a quota of the file system) is full."""
-    return isinstance(exc, OSError) and exc.errno in STORAGE_FULL_ERRNOS
+    """Whether a write failed because the disk (or a quota of the file system) is full.
+
+    Libraries do not always raise the OSError: `torch.save` raises a RuntimeError with the OSError as its
+    context, and safetensors' Rust writer keeps only the OS's message. So the whole chain is searched for
+    the errno, and for the operating system's text of it.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in STORAGE_FULL_ERRNOS:
+            return True
+        if any(text in str(current) for text in _STORAGE_FULL_TEXTS):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
 
 
 class ArtifactTooLarge(ValueError):

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol, TypeVar, cast
 
 from sqlalchemy import CursorResult, Engine, Result, create_engine, event
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import ExceptionContext, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from argd.persistence.settings import Settings, get_settings
@@ -44,6 +44,21 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+#: SQLSTATEs of a server that is shutting down or starting up (admin_shutdown, crash_shutdown,
+#: cannot_connect_now): the connection is gone even when the driver has not marked it broken yet.
+SERVER_GONE_SQLSTATES = frozenset({"57P01", "57P02", "57P03"})
+
+
+def _server_gone_is_a_disconnect(context: ExceptionContext) -> None:
+    """Count "terminating connection due to administrator command" as a lost connection.
+
+    psycopg raises it on the first use of a pooled connection after a Postgres restart, before it marks the
+    connection broken, so the pool's pre-ping would pass the error on instead of reconnecting.
+    """
+    if getattr(context.original_exception, "sqlstate", None) in SERVER_GONE_SQLSTATES:
+        context.is_disconnect = True
+
+
 def make_engine(url: str) -> Engine:
     """A new engine for `url` (SQLite: parent folder created, pragmas set on every connection)."""
     parsed = make_url(url)
@@ -53,7 +68,9 @@ def make_engine(url: str) -> Engine:
         engine = create_engine(url, connect_args={"timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+    engine = create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+    event.listen(engine, "handle_error", _server_gone_is_a_disconnect)
+    return engine
 
 
 def get_engine(settings: Settings | None = None) -> Engine:

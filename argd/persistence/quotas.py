@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from argd.jobs.status import ACTIVE_STATUSES
@@ -27,8 +27,9 @@ class Quotas:
 QUOTA_NAMES = tuple(field.name for field in fields(Quotas))
 
 
-def tenant_quotas(session: Session, tenant_id: str) -> Quotas:
-    tenant = session.get(Tenant, tenant_id)
+def tenant_quotas(session: Session, tenant_id: str, *, fresh: bool = False) -> Quotas:
+    """The tenant's limits (`fresh`: read again from the database, not from the session)."""
+    tenant = session.get(Tenant, tenant_id, populate_existing=fresh)
     if tenant is None:
         return Quotas()
     return Quotas(**{name: getattr(tenant, name) for name in QUOTA_NAMES})
@@ -47,6 +48,19 @@ def set_quotas(session: Session, tenant_name: str, changes: dict[str, int | None
         setattr(tenant, name, value)
     session.flush()
     return tenant_quotas(session, tenant.id)
+
+
+def lock_tenant(session: Session, tenant_id: str) -> None:
+    """Hold the tenant's row until this transaction ends, so that check-then-store of a quota is atomic.
+
+    Concurrent uploads of one tenant then take turns between their quota check and their commit, and each
+    check sees the bytes the others stored. Postgres: a row lock (`SELECT ... FOR UPDATE`). SQLite has one
+    writer at a time: a no-op write to the row takes the database's write lock now rather than at the insert.
+    """
+    if session.get_bind().dialect.name == "sqlite":
+        session.execute(update(Tenant).where(Tenant.id == tenant_id).values(name=Tenant.name))
+    else:
+        session.execute(select(Tenant.id).where(Tenant.id == tenant_id).with_for_update())
 
 
 def stored_bytes(session: Session, tenant_id: str) -> int:

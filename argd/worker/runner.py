@@ -9,6 +9,7 @@ Every failure ends the job with a code and a message meant for the user; traceba
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -393,6 +394,8 @@ def run_job_attempt(job_id: str, settings: Settings | None = None, store: Artifa
         beat.stop()
         _release_device_memory()
         shutil.rmtree(workdir, ignore_errors=True)
+        with contextlib.suppress(OSError):  # the job's folder, unless another attempt is using it
+            workdir.parent.rmdir()
     if outcome not in ("superseded", "interrupted"):
         announce_end(CeleryQueue(settings), claim.job)
     log.info("job %s attempt %d ended: %s", job_id, attempt, outcome)

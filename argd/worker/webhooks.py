@@ -1,22 +1,34 @@
 """Webhook delivery: one signed HTTP attempt to a checked address, with its record in the database.
 
 What may be called and how bodies are signed is the domain's policy (`argd.jobs.webhooks`); this module only
-sends. The request goes to the address `resolve_target` checked (the host name is kept for TLS and the Host
-header), and redirects are not followed.
+sends. The request goes to the address `resolve_target` checked (the host name is kept for TLS, as SNI and
+for the certificate, and in the Host header), and redirects are not followed. The connection is made by
+httpcore through `GuardedBackend`, which refuses, at connect time, any address the policy refuses, so no
+path through the HTTP stack can reach a private address the check did not see.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
-import httpx
+import httpcore
 from sqlalchemy import update
 
 from argd.jobs.status import TERMINAL_STATUSES
-from argd.jobs.webhooks import WebhookUrlError, event_body, resolve_target, sign, tenant_webhook_secret
+from argd.jobs.webhooks import (
+    Resolver,
+    WebhookUrlError,
+    check_address,
+    event_body,
+    resolve_target,
+    sign,
+    system_resolver,
+    tenant_webhook_secret,
+)
 from argd.persistence.db import affected_rows, session_scope
 from argd.persistence.jobs import job_events
 from argd.persistence.models import Job, WebhookDelivery
@@ -36,15 +48,60 @@ class AttemptResult:
     retryable: bool
 
 
-def post_signed(url: str, body: bytes, *, message_id: str, secret: str, settings: Settings) -> AttemptResult:
-    """POST the signed body to the URL's checked address; never raises for network or HTTP failures."""
+class ConnectionRefusedByPolicy(httpcore.ConnectError):
+    """The connection was about to go to an address the webhook policy refuses."""
+
+
+class GuardedBackend(httpcore.SyncBackend):
+    """httpcore's socket backend, checking each address against the webhook policy before connecting."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.NetworkStream:
+        try:
+            check_address(host, self.settings)
+        except WebhookUrlError as exc:
+            raise ConnectionRefusedByPolicy(str(exc)) from exc
+        return super().connect_tcp(host, port, timeout, local_address, socket_options)
+
+
+_NETWORK_ERRORS = (
+    httpcore.NetworkError,
+    httpcore.TimeoutException,
+    httpcore.ProtocolError,
+    httpcore.UnsupportedProtocol,
+    OSError,
+)
+
+
+def post_signed(
+    url: str,
+    body: bytes,
+    *,
+    message_id: str,
+    secret: str,
+    settings: Settings,
+    resolver: Resolver = system_resolver,
+) -> AttemptResult:
+    """POST the signed body to the URL's checked address; never raises for network or HTTP failures.
+
+    The name is resolved once (`resolver`), and the connection is made to the address that was checked.
+    """
     started = time.perf_counter()
 
     def result(ok: bool, code: int | None, error: str | None, retryable: bool) -> AttemptResult:
         return AttemptResult(ok, code, error, (time.perf_counter() - started) * 1000, retryable)
 
     try:
-        target, address = resolve_target(url, settings)
+        target, address = resolve_target(url, settings, resolver)
     except WebhookUrlError as exc:
         # A name that does not resolve may be fixed by DNS later; a forbidden target never is.
         return result(False, None, str(exc), retryable=exc.transient)
@@ -61,18 +118,29 @@ def post_signed(url: str, body: bytes, *, message_id: str, secret: str, settings
         "webhook-timestamp": str(timestamp),
         "webhook-signature": sign(secret, message_id, timestamp, body),
     }
-    extensions = {"sni_hostname": target.host} if target.scheme == "https" else {}
+    timeout = settings.webhook_timeout_s
+    extensions: dict[str, Any] = {
+        "timeout": {"connect": timeout, "read": timeout, "write": timeout, "pool": timeout}
+    }
+    if target.scheme == "https":
+        extensions["sni_hostname"] = target.host
     try:
-        with httpx.Client(
-            timeout=settings.webhook_timeout_s, follow_redirects=False, trust_env=False
-        ) as client:
-            response = client.post(pinned, content=body, headers=headers, extensions=extensions)
-    except httpx.HTTPError as exc:
+        # httpcore follows no redirects and reads no proxy settings; the answer's body is never read.
+        with (
+            httpcore.ConnectionPool(network_backend=GuardedBackend(settings)) as pool,
+            pool.stream(
+                "POST", pinned, headers=list(headers.items()), content=body, extensions=extensions
+            ) as response,
+        ):
+            status = response.status
+    except ConnectionRefusedByPolicy as exc:
+        return result(False, None, str(exc), False)
+    except _NETWORK_ERRORS as exc:
         return result(False, None, f"{exc.__class__.__name__}: {exc}"[:500], True)
-    if 200 <= response.status_code < 300:
-        return result(True, response.status_code, None, False)
+    if 200 <= status < 300:
+        return result(True, status, None, False)
     # Any other answer may be a receiver that is down or being deployed: retry with backoff.
-    return result(False, response.status_code, f"HTTP {response.status_code}", True)
+    return result(False, status, f"HTTP {status}", True)
 
 
 # --- delivery with its records --------------------------------------------------------------------------

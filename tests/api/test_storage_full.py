@@ -5,7 +5,6 @@ mount; skipped otherwise)."""
 from __future__ import annotations
 
 import errno
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,21 +18,15 @@ from argd.persistence.settings import Settings
 from argd.worker.runner import classify_failure
 from tests.api import payloads
 from tests.api.conftest import TenantAccount, stored_files
+from tests.fixtures.disk import small_tmpfs
 
 pytestmark = pytest.mark.service
 
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
-    try:
+    with small_tmpfs(tmp_path / "disk", "2m") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def test_an_upload_to_a_full_store_is_507_and_leaves_nothing(

@@ -5,11 +5,14 @@ folders, free ports; the shared ones are never touched) are restarted under a li
 - Postgres restarted while a job runs: the job still ends `succeeded`, each epoch once.
 - Redis restarted (append-only, as deployed) while jobs wait in the queue: each runs exactly once.
 - The API killed (SIGKILL) in the middle of an upload: no dataset row and no stored artifact appear.
+- Postgres down when an upload's body ends: a 503 problem, nothing stored; restarted while the body streams:
+  the whole dataset (201), never a partial one; the next upload works either way.
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import shutil
 import signal
@@ -23,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 
 from argd.devserver import ServerProcess, free_port
@@ -31,6 +35,7 @@ from argd.persistence.db import dispose_engines, session_scope
 from argd.persistence.keys import create_key
 from argd.persistence.migrate import upgrade
 from argd.persistence.settings import Settings
+from argd.persistence.tempfiles import upload_dir
 from argd.worker.dispatch import enqueue_job
 from tests.fixtures.worker import WorkerProcess
 from tests.worker.helpers import finished, submit, upload_inputs, wait_for
@@ -245,3 +250,97 @@ def test_api_killed_mid_upload_leaves_no_visible_artifact(stack: Stack) -> None:
         assert api.get("/v1/datasets").json()["items"] == []
     after = {p for p in artifacts.rglob("*") if p.is_file()} if artifacts.exists() else set()
     assert after == before  # the half-received bytes never became an artifact
+
+
+def _files(folder: Path) -> set[Path]:
+    return {p for p in folder.rglob("*") if p.is_file()} if folder.exists() else set()
+
+
+class _PausedUpload:
+    """A real dataset upload streamed in two halves: it stops after the first until `resume()`."""
+
+    def __init__(self, stack: Stack, key: str, seed: int):
+        rng = np.random.default_rng(seed)
+        buffer = io.BytesIO()
+        np.savez(buffer, x=rng.integers(0, 256, (512, 16, 16), dtype=np.uint8), y=np.arange(512) % 4)
+        payload = buffer.getvalue()
+        head = b'--b\r\nContent-Disposition: form-data; name="file"; filename="d.npz"\r\n\r\n'
+        self.parts = [head + payload[: len(payload) // 2], payload[len(payload) // 2 :] + b"\r\n--b--\r\n"]
+        self.halfway, self._resume = threading.Event(), threading.Event()
+        self.answer: httpx.Response | None = None
+        headers = {"Authorization": f"Bearer {key}", "Content-Type": "multipart/form-data; boundary=b"}
+        self._thread = threading.Thread(target=self._send, args=(stack.api.base_url, headers))
+        self._thread.start()
+        assert self.halfway.wait(30), "the upload did not start"
+
+    def _body(self) -> Iterator[bytes]:
+        yield self.parts[0]
+        self.halfway.set()
+        self._resume.wait(60)
+        yield self.parts[1]
+
+    def _send(self, base_url: str, headers: dict[str, str]) -> None:
+        self.answer = httpx.post(f"{base_url}/v1/datasets", content=self._body(), headers=headers, timeout=60)
+
+    def resume(self) -> httpx.Response:
+        self._resume.set()
+        self._thread.join(60)
+        assert self.answer is not None, "the upload got no answer"
+        return self.answer
+
+
+@pytest.fixture
+def upload_key(stack: Stack) -> str:
+    """A tenant of its own, so that the datasets these tests store are not another test's."""
+    dispose_engines()
+    with session_scope(stack.settings) as session:
+        return create_key(session, f"restarts-upload-{time.monotonic_ns()}", stack.settings)
+
+
+def _datasets(stack: Stack, key: str) -> list[dict[str, object]]:
+    with httpx.Client(base_url=stack.api.base_url, headers={"Authorization": f"Bearer {key}"}) as api:
+        deadline = time.monotonic() + 30
+        while (answer := api.get("/v1/datasets")).status_code != 200:
+            assert time.monotonic() < deadline, "the API did not recover after Postgres came back"
+            time.sleep(0.2)
+        items: list[dict[str, object]] = answer.json()["items"]
+        return items
+
+
+def _next_upload_works(stack: Stack, key: str) -> None:
+    upload = _PausedUpload(stack, key, seed=99)
+    answer = upload.resume()
+    assert answer.status_code == 201, answer.text
+    assert answer.json()["id"] in {item["id"] for item in _datasets(stack, key)}
+
+
+@pytest.mark.parametrize("when", ["down at the end of the body", "restarted during the body"])
+def test_postgres_restart_while_an_upload_streams(stack: Stack, upload_key: str, when: str) -> None:
+    settings = stack.settings
+    artifacts_before, uploads_before = _files(settings.artifacts_dir), _files(upload_dir(settings))
+    upload = _PausedUpload(stack, upload_key, seed=1)
+    stack.postgres.stop()
+    try:
+        if when == "down at the end of the body":
+            answer = upload.resume()
+        else:
+            time.sleep(0.5)
+            stack.postgres.start()
+            answer = upload.resume()
+    finally:
+        if when == "down at the end of the body":
+            stack.postgres.start()
+    # Down when the body ends: a 503 to retry. Restarted while it streamed: nothing lost, since the upload
+    # holds no connection while its body arrives and the pool replaces the ones the restart closed.
+    assert answer.status_code == (503 if when == "down at the end of the body" else 201), answer.text
+    listed = _datasets(stack, upload_key)
+    if answer.status_code == 503:
+        problem = answer.json()
+        assert problem["code"] == "database_unavailable" and answer.headers["retry-after"]
+        assert answer.headers["content-type"].startswith("application/problem+json")
+        assert listed == []  # nothing visible
+        assert _files(settings.artifacts_dir) == artifacts_before  # and nothing stored
+    else:
+        assert [item["id"] for item in listed] == [answer.json()["id"]]  # the whole upload, once
+    assert _files(upload_dir(settings)) == uploads_before  # the received body was removed either way
+    _next_upload_works(stack, upload_key)

@@ -4,11 +4,8 @@ body's job object being the API's job, key for key."""
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -29,6 +26,7 @@ from argd.worker.dispatch import enqueue_job, notify_finished
 from argd.worker.webhooks import post_signed
 from tests.fixtures.worker import WorkerProcess
 from tests.worker.helpers import finished, submit, upload_inputs, wait_for
+from tests.worker.receiver import Answer, Receiver, receiving
 
 STRICT = Settings(webhook_secret="whsec_" + "c2VjcmV0LXNlY3JldC1zZWNyZXQ=")
 LOOPBACK_OK = Settings(webhook_allow_http_loopback=True)
@@ -105,43 +103,11 @@ def test_delivery_rechecks_the_target_and_sends_nothing_to_a_forbidden_one() -> 
     assert result.error is not None and "loopback" in result.error
 
 
-class _Receiver:
-    """A local HTTP endpoint that fails the first `failures` requests, then answers 204 (or, with
-    `redirect_to`, answers every request with a 307 to it)."""
-
-    def __init__(self, failures: int, redirect_to: str | None = None):
-        self.failures = failures
-        self.requests: list[tuple[dict[str, str], bytes]] = []
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["content-length"]))
-                receiver.requests.append(({k.lower(): v for k, v in self.headers.items()}, body))
-                failing = len(receiver.requests) <= receiver.failures
-                self.send_response(307 if redirect_to else 500 if failing else 204)
-                if redirect_to:
-                    self.send_header("location", redirect_to)
-                self.send_header("content-length", "0")
-                self.end_headers()
-
-            def log_message(self, *_: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks/argd"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 @pytest.fixture
-def receiver() -> Iterator[_Receiver]:
-    server = _Receiver(failures=1)
-    yield server
-    server.close()
+def receiver() -> Iterator[Receiver]:
+    """Fails the first request with a 500, then answers 204."""
+    with receiving([Answer(500), Answer(204)]) as server:
+        yield server
 
 
 def _deliveries(settings: Settings, job_id: str) -> list[tuple[int, int | None, bool]]:
@@ -151,7 +117,7 @@ def _deliveries(settings: Settings, job_id: str) -> list[tuple[int, int | None, 
 
 @pytest.mark.service
 def test_webhook_is_signed_retried_and_recorded(
-    service_settings: Settings, worker: WorkerProcess, receiver: _Receiver, tmp_path: Path
+    service_settings: Settings, worker: WorkerProcess, receiver: Receiver, tmp_path: Path
 ) -> None:
     inputs = upload_inputs(service_settings, tmp_path, images=32)
     url = validate_webhook_url(receiver.url, service_settings)
@@ -164,7 +130,7 @@ def test_webhook_is_signed_retried_and_recorded(
     assert _deliveries(service_settings, job_id) == [(1, 500, False), (2, 204, True)]
     assert len(receiver.requests) == 2
     secret = tenant_webhook_secret(service_settings, inputs.tenant_id)
-    (first_headers, first_body), (headers, body) = receiver.requests
+    (first_headers, first_body), (headers, body) = ((r.headers, r.body) for r in receiver.requests)
     assert verify(secret, headers, body)
     assert first_headers["webhook-id"] == headers["webhook-id"] and first_body == body  # one message, retried
     assert headers["webhook-signature"].startswith("v1,")
@@ -174,7 +140,7 @@ def test_webhook_is_signed_retried_and_recorded(
     assert event["data"]["metrics"]["after"]["acc"] is not None
 
     # A queued job canceled through the API's path: the API commits, then asks for the webhook.
-    receiver.failures = 0
+    receiver.answers = [Answer(204)]
     canceled_id = submit(service_settings, inputs, {"epochs": 1}, webhook_url=url)
     with session_scope(service_settings) as session:
         jobs.request_cancel(session, canceled_id)
@@ -184,7 +150,7 @@ def test_webhook_is_signed_retried_and_recorded(
         service_settings, canceled_id, lambda j: j.webhook_status == "delivered", 30, "the webhook"
     )
     assert job.status == "canceled"
-    assert json.loads(receiver.requests[-1][1])["type"] == "job.canceled"
+    assert json.loads(receiver.requests[-1].body)["type"] == "job.canceled"
     assert _deliveries(service_settings, canceled_id) == [(1, 204, True)]
 
 
@@ -208,9 +174,9 @@ def test_private_target_is_refused_at_delivery(
 
 @pytest.mark.service
 def test_webhook_job_is_the_apis_job_key_for_key(
-    service_settings: Settings, worker: WorkerProcess, receiver: _Receiver, tmp_path: Path
+    service_settings: Settings, worker: WorkerProcess, receiver: Receiver, tmp_path: Path
 ) -> None:
-    receiver.failures = 0
+    receiver.answers = [Answer(204)]
     inputs = upload_inputs(service_settings, tmp_path, images=32)
     job_id = submit(service_settings, inputs, {"epochs": 1}, webhook_url=receiver.url)
     enqueue_job(job_id, service_settings)
@@ -224,8 +190,7 @@ def test_webhook_job_is_the_apis_job_key_for_key(
         answer = client.get(f"/v1/jobs/{job_id}", headers={"Authorization": f"Bearer {api_key}"})
     assert answer.status_code == 200
     polled = answer.json()
-    (_, body), *_ = receiver.requests
-    pushed = json.loads(body)["data"]
+    pushed = json.loads(receiver.requests[0].body)["data"]
 
     assert pushed.keys() == polled.keys()
     for key in polled:
@@ -234,16 +199,13 @@ def test_webhook_job_is_the_apis_job_key_for_key(
 
 
 @pytest.mark.parametrize("where", ["receiver", "metadata"])
-def test_a_redirect_is_never_followed(receiver: _Receiver, where: str) -> None:
+def test_a_redirect_is_never_followed(receiver: Receiver, where: str) -> None:
     """A receiver that redirects (to another local endpoint, or to the cloud metadata address) gets a
     failed, retried delivery; the redirect's target is never called."""
     location = receiver.url if where == "receiver" else "http://169.254.169.254/latest/meta-data/"
-    redirector = _Receiver(failures=0, redirect_to=location)
-    try:
+    with receiving([Answer(307, location=location)]) as redirector:
         secret = tenant_webhook_secret(LOOPBACK_OK, "t")
         result = post_signed(redirector.url, b"{}", message_id="msg_r", secret=secret, settings=LOOPBACK_OK)
-    finally:
-        redirector.close()
     assert len(redirector.requests) == 1
     assert not result.ok and result.status_code == 307 and result.retryable
     assert receiver.requests == []

@@ -18,7 +18,7 @@ from argd.api.routes.common import (
     upload_name,
 )
 from argd.api.schemas import DatasetOut, DatasetPage
-from argd.api.uploads import receive_multipart
+from argd.api.uploads import end_transaction, receive_multipart
 from argd.api.validation import DatasetIntake, check_dataset_file
 from argd.jobs.quotas import check_upload
 from argd.persistence.artifacts import LocalArtifactStore, register_artifact
@@ -116,6 +116,7 @@ async def create_dataset(
     """Validate the images and labels at once (array headers before data, safe zip member names, entry,
     size and pixel limits) and store them. Whether they fit a model is checked when a job uses both."""
     tmp = upload_dir(settings)
+    await end_transaction(session)
     async with receive_multipart(
         request,
         tmp,

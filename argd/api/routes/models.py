@@ -21,7 +21,7 @@ from argd.api.routes.common import (
     upload_name,
 )
 from argd.api.schemas import ModelOut, ModelPage
-from argd.api.uploads import receive_multipart
+from argd.api.uploads import end_transaction, receive_multipart
 from argd.api.validation import ModelIntake, check_model_file
 from argd.core.spec import ModelSpec
 from argd.jobs.quotas import check_upload
@@ -140,6 +140,7 @@ async def create_model(
     one dummy forward pass) and store them as safetensors. A 422 lists missing, unexpected and mismatched
     keys. The upload streams to disk; bodies over the size limit are refused with 413 as soon as known."""
     tmp = upload_dir(settings)
+    await end_transaction(session)
     async with receive_multipart(
         request,
         tmp,
