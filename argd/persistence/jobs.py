@@ -41,7 +41,15 @@ ALLOWED_TRANSITIONS: dict[str, frozenset[str]] = {
 }
 
 # Error codes a failed job can carry; messages are for humans and never hold stack traces.
-ERROR_CODES = ("invalid_input", "out_of_memory", "storage_full", "timed_out", "worker_lost", "internal")
+ERROR_CODES = (
+    "invalid_input",
+    "out_of_memory",
+    "storage_full",
+    "storage_unavailable",
+    "timed_out",
+    "worker_lost",
+    "internal",
+)
 INTERNAL_ERROR_MESSAGE = (
     "The job failed because of an internal error; the operators have the details in the logs."
 )

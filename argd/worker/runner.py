@@ -24,10 +24,17 @@ from celery.exceptions import SoftTimeLimitExceeded
 
 from argd.jobs.service import announce_end
 from argd.persistence import jobs
-from argd.persistence.artifacts import STORAGE_FULL_MESSAGE, ArtifactStore, get_store, is_storage_full
+from argd.persistence.artifacts import (
+    STORAGE_FULL_MESSAGE,
+    ArtifactStore,
+    StoreUnavailable,
+    get_store,
+    is_storage_full,
+)
 from argd.persistence.db import RowT, session_scope
 from argd.persistence.models import Dataset, Job, Model
 from argd.persistence.settings import Settings, get_settings
+from argd.worker.cache import input_fetcher
 from argd.worker.dispatch import CeleryQueue
 
 if TYPE_CHECKING:  # the engine (torch) is loaded only when an attempt runs
@@ -35,6 +42,11 @@ if TYPE_CHECKING:  # the engine (torch) is loaded only when an attempt runs
     from argd.core.pipeline import CleanseResult, ProgressEvent
 
 log = logging.getLogger(__name__)
+
+STORAGE_UNAVAILABLE_MESSAGE = (
+    "The artifact store could not be reached or refused the request, even after retries; the operators have "
+    "the cause in the logs. Submit the job again once they have fixed it."
+)
 
 OOM_MESSAGE = (
     "The job ran out of memory on its device; lower batch_size or eval_batch_size, or use smaller datasets."
@@ -231,19 +243,17 @@ def _execute(
     params = CleanseParams.model_validate(job.params)
     spec = ModelSpec.model_validate(inputs.model.spec)
     workdir.mkdir(parents=True, exist_ok=True)
-    model_path = store.fetch(inputs.model.sha256, workdir / "model.safetensors")
-    teacher_path = (
-        store.fetch(inputs.teacher.sha256, workdir / "teacher.safetensors") if inputs.teacher else None
-    )
+    rows = (inputs.model, inputs.teacher, inputs.clean, inputs.test, inputs.poisoned)
+    fetch = input_fetcher(settings, store, keep=[row.sha256 for row in rows if row is not None])
+    model_path = fetch(inputs.model.sha256, workdir / "model.safetensors")
+    teacher_path = fetch(inputs.teacher.sha256, workdir / "teacher.safetensors") if inputs.teacher else None
     paths: dict[str, Path | None] = {
         "model": model_path,
         "teacher": teacher_path,
-        "clean": store.fetch(inputs.clean.sha256, workdir / f"clean.{inputs.clean.format}"),
-        "test": store.fetch(inputs.test.sha256, workdir / f"test.{inputs.test.format}")
-        if inputs.test
-        else None,
+        "clean": fetch(inputs.clean.sha256, workdir / f"clean.{inputs.clean.format}"),
+        "test": fetch(inputs.test.sha256, workdir / f"test.{inputs.test.format}") if inputs.test else None,
         "poisoned": (
-            store.fetch(inputs.poisoned.sha256, workdir / f"poisoned.{inputs.poisoned.format}")
+            fetch(inputs.poisoned.sha256, workdir / f"poisoned.{inputs.poisoned.format}")
             if inputs.poisoned
             else None
         ),
@@ -348,6 +358,9 @@ def classify_failure(exc: BaseException, settings: Settings) -> tuple[str, str] 
         return "out_of_memory", OOM_MESSAGE
     if is_storage_full(exc):
         return "storage_full", STORAGE_FULL_MESSAGE
+    if isinstance(exc, StoreUnavailable):
+        log.error("job failed: artifact store unavailable: %s", exc)
+        return "storage_unavailable", STORAGE_UNAVAILABLE_MESSAGE
     if isinstance(exc, ArgdError) and exc.code == "diverged":
         return "invalid_input", exc.message  # the user's hyperparameters made training diverge
     return "internal", jobs.INTERNAL_ERROR_MESSAGE
