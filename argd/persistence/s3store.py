@@ -36,6 +36,7 @@ from argd.persistence.store_settings import s3_location
 
 PART_BYTES = 16 * 1024 * 1024
 CONCURRENCY = 4
+IO_QUEUE_CHUNKS = 16
 CONNECT_TIMEOUT_S = 5.0
 READ_TIMEOUT_S = 60.0
 
@@ -117,6 +118,8 @@ class S3ArtifactStore:
             multipart_chunksize=PART_BYTES,
             max_concurrency=CONCURRENCY,
             io_chunksize=CHUNK_SIZE,
+            # Downloaded chunks wait here for the disk: a short queue bounds memory when the disk is slow.
+            max_io_queue=IO_QUEUE_CHUNKS,
         )
 
     def key_of(self, sha256: str) -> str:
