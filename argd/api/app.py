@@ -21,9 +21,9 @@ from argd.api.errors import document_problems, install_error_handlers
 from argd.api.limits import BodySizeLimit
 from argd.api.routes import catalog, datasets, health, jobs, models, webhooks
 from argd.api.throttle import FailedAuthThrottle
-from argd.persistence.artifacts import get_store
 from argd.persistence.db import get_sessionmaker
 from argd.persistence.settings import Settings, get_settings
+from argd.persistence.stores import get_store
 from argd.persistence.tempfiles import sweep_stale_temp_files
 
 log = logging.getLogger("argd.api")

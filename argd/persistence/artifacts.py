@@ -29,7 +29,6 @@ from sqlalchemy import event, exists, select
 from sqlalchemy.orm import Session
 
 from argd.persistence.models import Artifact, Dataset, Job, Model
-from argd.persistence.settings import Settings, get_settings
 from argd.persistence.tempfiles import STAGING_SUFFIX, staging_dir
 
 CHUNK_SIZE = 1024 * 1024
@@ -243,16 +242,6 @@ class LocalArtifactStore:
         """StoreUnavailable unless the folder exists and is writable."""
         if not self.root.is_dir() or not os.access(self.root, os.W_OK):
             raise StoreUnavailable(f"the artifact folder {self.root} is missing or not writable")
-
-
-def get_store(settings: Settings | None = None) -> ArtifactStore:
-    """The configured artifact store: S3 when `artifact_url` is set, else the data directory's folder."""
-    settings = settings or get_settings()
-    if settings.uses_s3_store:
-        from argd.persistence.s3store import S3ArtifactStore
-
-        return S3ArtifactStore(settings)
-    return LocalArtifactStore(settings.artifacts_dir)
 
 
 def register_artifact(session: Session, blob: Blob, kind: str) -> Artifact:

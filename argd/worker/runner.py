@@ -28,12 +28,12 @@ from argd.persistence.artifacts import (
     STORAGE_FULL_MESSAGE,
     ArtifactStore,
     StoreUnavailable,
-    get_store,
     is_storage_full,
 )
 from argd.persistence.db import RowT, session_scope
 from argd.persistence.models import Dataset, Job, Model
 from argd.persistence.settings import Settings, get_settings
+from argd.persistence.stores import get_store
 from argd.worker.cache import input_fetcher
 from argd.worker.dispatch import CeleryQueue
 

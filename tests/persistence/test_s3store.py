@@ -17,9 +17,10 @@ import httpx
 import pytest
 
 from argd.devserver import free_port
-from argd.persistence.artifacts import ArtifactNotFound, ArtifactTooLarge, StoreUnavailable, get_store
+from argd.persistence.artifacts import ArtifactNotFound, ArtifactTooLarge, StoreUnavailable
 from argd.persistence.s3store import PART_BYTES, S3ArtifactStore
 from argd.persistence.settings import Settings
+from argd.persistence.stores import get_store
 from argd.worker.cache import InputCache
 from tests.fixtures.s3 import S3Server, s3_configured, start_s3_server
 

@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 
 from argd.persistence import jobs
-from argd.persistence.artifacts import get_store
 from argd.persistence.db import session_scope
 from argd.persistence.settings import Settings
+from argd.persistence.stores import get_store
 from argd.worker.dispatch import enqueue_job
 from tests.fixtures.s3 import S3Server, s3_configured
 from tests.fixtures.worker import WorkerProcess
