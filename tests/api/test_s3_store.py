@@ -33,14 +33,21 @@ TINY = {"epochs": 1, "teacher_epochs": 1, "batch_size": 8, "eval_batch_size": 16
 
 
 @pytest.fixture
-def settings(app_settings: Settings, s3_server: S3Server) -> Settings:
-    return s3_configured(app_settings, s3_server, f"api-{uuid.uuid4().hex[:8]}")
+def settings(app_settings: Settings, s3_server: S3Server, tmp_path: Path) -> Settings:
+    """The API's settings on the S3 store, with a data directory of its own (only scratch goes there)."""
+    prefix = f"api-{uuid.uuid4().hex[:8]}"
+    return s3_configured(app_settings, s3_server, prefix, data_dir=tmp_path / "api-host")
 
 
 @pytest.fixture
 def client(settings: Settings, tenant: TenantAccount) -> Iterator[TestClient]:
     with TestClient(create_app(settings), raise_server_exceptions=False, headers=tenant.headers) as client:
         yield client
+
+
+def _seed() -> int:
+    """Bytes no other test stores: artifact rows are shared by content, so a twin would keep the object."""
+    return uuid.uuid4().int % 1_000_000
 
 
 def _key(settings: Settings, sha: str) -> str:
@@ -52,11 +59,11 @@ def _succeeded_job(client: TestClient, settings: Settings, tmp_path: Path) -> tu
     model = upload(
         client,
         "/v1/models",
-        payloads.safetensors_bytes(payloads.state_dict(), tmp_path),
+        payloads.safetensors_bytes(payloads.state_dict(seed=_seed()), tmp_path),
         "m.safetensors",
         spec=payloads.spec_json(),
     )
-    x, y = payloads.images(32)
+    x, y = payloads.images(32, seed=_seed())
     clean = upload(client, "/v1/datasets", payloads.npz_bytes(x, y), "clean.npz")
     job = client.post(
         "/v1/jobs", json={"model_id": model["id"], "clean_dataset_id": clean["id"], "params": TINY}
@@ -139,11 +146,11 @@ def test_a_job_whose_store_is_down_fails_with_storage_unavailable(
     model = upload(
         client,
         "/v1/models",
-        payloads.safetensors_bytes(payloads.state_dict(), tmp_path),
+        payloads.safetensors_bytes(payloads.state_dict(seed=_seed()), tmp_path),
         "m.safetensors",
         spec=payloads.spec_json(),
     )
-    x, y = payloads.images(32)
+    x, y = payloads.images(32, seed=_seed())
     clean = upload(client, "/v1/datasets", payloads.npz_bytes(x, y), "clean.npz")
     job = client.post(
         "/v1/jobs", json={"model_id": model["id"], "clean_dataset_id": clean["id"], "params": TINY}
