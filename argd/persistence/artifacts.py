@@ -58,7 +58,12 @@ class ArtifactNotFound(FileNotFoundError):
 
 class StoreUnavailable(RuntimeError):
     """The artifact store cannot be used (bucket missing, credentials refused, endpoint down): the message
-    names the cause for operators."""
+    names the cause for operators. `transient`: the endpoint did not answer, throttled or failed (5xx), so a
+    later attempt may succeed; a missing bucket or refused credentials stay so until an operator acts."""
+
+    def __init__(self, message: str, *, transient: bool = False):
+        super().__init__(message)
+        self.transient = transient
 
 
 @dataclass(frozen=True)

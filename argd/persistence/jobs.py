@@ -467,6 +467,20 @@ def mark_failed(
     )
 
 
+def requeue_attempt(session: Session, job_id: str, attempt: int) -> Job:
+    """Put a running attempt's job back in the queue after a failure a later attempt may not meet (the
+    artifact store was unreachable). It keeps its checkpoint, and its next claim counts another attempt, so
+    `max_attempts` still caps the retries. IllegalTransition when the attempt no longer owns the job."""
+    return _transition(
+        session,
+        job_id,
+        "queued",
+        sources=("running",),
+        attempt=attempt,
+        values={"worker": None, "eta_s": None},
+    )
+
+
 def mark_canceled(session: Session, store: ArtifactStore | None, job_id: str, attempt: int) -> Job:
     """Finish a running attempt that stopped because cancellation was requested."""
     return _end_attempt(session, store, job_id, attempt, JobStatus.CANCELED)

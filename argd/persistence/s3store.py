@@ -72,6 +72,18 @@ def _cause(exc: BaseException, bucket: str, endpoint: str) -> str:
     return f"S3 request failed ({exc.__class__.__name__})"
 
 
+def _is_transient(exc: BaseException) -> bool:
+    """Whether trying again later may help: no answer, a timeout, throttling or a server error."""
+    from botocore.exceptions import ClientError, ConnectionError, HTTPClientError, ReadTimeoutError
+
+    if isinstance(exc, ConnectionError | HTTPClientError | ReadTimeoutError):
+        return True
+    if isinstance(exc, ClientError):
+        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+        return status >= 500 or _error_code(exc) in ("SlowDown", "Throttling", "RequestTimeout")
+    return False
+
+
 def _error_code(exc: BaseException) -> str:
     response = getattr(exc, "response", None) or {}
     return str(response.get("Error", {}).get("Code", ""))
@@ -135,10 +147,12 @@ class S3ArtifactStore:
         try:
             yield
         except (BotoCoreError, ClientError) as exc:
-            raise StoreUnavailable(_cause(exc, self.bucket, self.endpoint)) from exc
+            cause = _cause(exc, self.bucket, self.endpoint)
+            raise StoreUnavailable(cause, transient=_is_transient(exc)) from exc
         except S3UploadFailedError as exc:  # the managed upload wraps the client's error
             inner = exc.__context__ or exc
-            raise StoreUnavailable(_cause(inner, self.bucket, self.endpoint)) from inner
+            cause = _cause(inner, self.bucket, self.endpoint)
+            raise StoreUnavailable(cause, transient=_is_transient(inner)) from inner
 
     def check(self) -> None:
         """Raise StoreUnavailable naming the cause unless the bucket answers to these credentials."""
@@ -194,6 +208,12 @@ class S3ArtifactStore:
 
     # --- reading ----------------------------------------------------------------------------------------
 
+    def _not_found(self, sha256: str) -> ArtifactNotFound:
+        """The error for a 404 on an object that should be there: StoreUnavailable (raised) if the bucket
+        itself is gone, which an object request's bare 404 does not tell apart."""
+        self.check()
+        return ArtifactNotFound(f"no stored artifact {sha256}")
+
     def exists(self, sha256: str) -> bool:
         from botocore.exceptions import ClientError
 
@@ -215,7 +235,7 @@ class S3ArtifactStore:
                 head = self.client.head_object(Bucket=self.bucket, Key=self.key_of(sha256))
         except StoreUnavailable as exc:
             if isinstance(exc.__cause__, ClientError) and _error_code(exc.__cause__) in _MISSING:
-                raise ArtifactNotFound(f"no stored artifact {sha256}") from None
+                raise self._not_found(sha256) from None
             raise
         return int(head["ContentLength"])
 
@@ -228,7 +248,7 @@ class S3ArtifactStore:
                 answer = self.client.get_object(Bucket=self.bucket, Key=self.key_of(sha256))
         except StoreUnavailable as exc:
             if isinstance(exc.__cause__, ClientError) and _error_code(exc.__cause__) in _MISSING:
-                raise ArtifactNotFound(f"no stored artifact {sha256}") from None
+                raise self._not_found(sha256) from None
             raise
         return cast(BinaryIO, _Body(answer["Body"], self))
 
@@ -251,7 +271,7 @@ class S3ArtifactStore:
         except StoreUnavailable as exc:
             Path(tmp).unlink(missing_ok=True)
             if isinstance(exc.__cause__, ClientError) and _error_code(exc.__cause__) in _MISSING:
-                raise ArtifactNotFound(f"no stored artifact {sha256}") from None
+                raise self._not_found(sha256) from None
             raise
         except BaseException:
             Path(tmp).unlink(missing_ok=True)

@@ -35,7 +35,7 @@ from argd.persistence.models import Dataset, Job, Model
 from argd.persistence.settings import Settings, get_settings
 from argd.persistence.stores import get_store
 from argd.worker.cache import input_fetcher
-from argd.worker.dispatch import CeleryQueue
+from argd.worker.dispatch import CeleryQueue, enqueue_job
 
 if TYPE_CHECKING:  # the engine (torch) is loaded only when an attempt runs
     from argd.core.data import ImageData
@@ -334,6 +334,11 @@ def _execute(
         )
 
 
+def store_retry_delay_s(attempt: int) -> float:
+    """Wait before the attempt after an unreachable store: 5 s, doubling per attempt, at most a minute."""
+    return float(min(60, 5 * 2 ** (attempt - 1)))
+
+
 def torch_threads() -> int:
     """The intra-op threads torch used in this pool process (the report shows it: a job at one thread on
     a many-core worker is the first thing to rule out when a job is slower than `argd cleanse`)."""
@@ -369,7 +374,8 @@ def classify_failure(exc: BaseException, settings: Settings) -> tuple[str, str] 
 def run_job_attempt(job_id: str, settings: Settings | None = None, store: ArtifactStore | None = None) -> str:
     """Claim and run one attempt of a job; returns what happened (for logs and tests).
 
-    Outcomes: succeeded, failed, canceled, superseded (another attempt took the job over), or the claim's
+    Outcomes: succeeded, failed, canceled, superseded (another attempt took the job over), retry (the
+    artifact store was unreachable: the job is queued again, after a delay, to resume), or the claim's
     refusal (missing, finished, busy) or the end it gave a lost job (canceled, exhausted, timed_out).
     """
     settings = settings or get_settings()
@@ -406,7 +412,13 @@ def run_job_attempt(job_id: str, settings: Settings | None = None, store: Artifa
         beat.stop()
         _release_device_memory()
         shutil.rmtree(workdir, ignore_errors=True)
-    if outcome not in ("superseded", "interrupted"):
+    if outcome == "retry":
+        delay = store_retry_delay_s(attempt)
+        log.warning(
+            "job %s attempt %d: the artifact store is unavailable; retrying in %.0f s", job_id, attempt, delay
+        )
+        enqueue_job(job_id, settings, countdown=delay)
+    elif outcome not in ("superseded", "interrupted"):
         announce_end(CeleryQueue(settings), claim.job)
     log.info("job %s attempt %d ended: %s", job_id, attempt, outcome)
     return outcome
@@ -420,6 +432,14 @@ def _record_failure(
         return "superseded"
     if not isinstance(exc, Exception):
         return "interrupted"
+    if isinstance(exc, StoreUnavailable) and exc.transient and attempt < settings.max_attempts:
+        log.warning("job %s attempt %d: %s", job_id, attempt, exc)
+        try:
+            with session_scope(settings) as session:
+                jobs.requeue_attempt(session, job_id, attempt)
+            return "retry"
+        except jobs.IllegalTransition:
+            return "superseded"
     classified = classify_failure(exc, settings)
     if classified is not None and classified[0] == "internal":
         log.exception("job %s attempt %d failed", job_id, attempt, exc_info=exc)

@@ -1,7 +1,7 @@
 """The API and a job on the S3 store (moto's server over HTTP): uploads land in the bucket under their
 sha256, the cleansed model downloads streamed or through a presigned redirect, deleting a job, a model or a
-dataset removes its objects, `/readyz` names a broken store's cause, and a job whose store went away fails
-with `storage_unavailable`.
+dataset removes its objects, `/readyz` names a broken store's cause, and a job whose store is unreachable is
+queued again (up to max_attempts) and then fails with `storage_unavailable`, at once when the bucket is gone.
 """
 
 from __future__ import annotations
@@ -162,9 +162,23 @@ def test_a_job_whose_store_is_down_fails_with_storage_unavailable(
             "cache_max_bytes": 0,
         }
     )
+    # An endpoint that does not answer may come back: the job goes back to the queue, up to max_attempts.
+    for attempt in range(1, settings.max_attempts):
+        assert run_job_attempt(job["id"], down) == "retry"
+        again = client.get(f"/v1/jobs/{job['id']}").json()
+        assert (again["status"], again["attempts"], again["error"]) == ("queued", attempt, None), again
     assert run_job_attempt(job["id"], down) == "failed"
     error = client.get(f"/v1/jobs/{job['id']}").json()["error"]
     assert error["code"] == "storage_unavailable" and "artifact store" in error["message"]
+
+    # A missing bucket will not fix itself: the job fails at once.
+    second = client.post(
+        "/v1/jobs", json={"model_id": model["id"], "clean_dataset_id": clean["id"], "params": TINY}
+    ).json()
+    no_bucket = settings.model_copy(update={"artifact_url": "s3://argd-gone-bucket/x", "cache_max_bytes": 0})
+    assert run_job_attempt(second["id"], no_bucket) == "failed"
+    failed = client.get(f"/v1/jobs/{second['id']}").json()
+    assert failed["attempts"] == 1 and failed["error"]["code"] == "storage_unavailable"
     # The API on a dead store answers a clear 503 rather than a 500.
     with TestClient(create_app(down), raise_server_exceptions=False, headers=client.headers) as dead:
         assert_problem(dead.get(f"/v1/jobs/{job['id']}/model"), 409, "job_not_succeeded")

@@ -93,12 +93,16 @@ def test_a_presigned_url_serves_the_object(store: S3ArtifactStore, tmp_path: Pat
     assert 'filename="result.safetensors"' in answer.headers["content-disposition"]
 
 
-def test_a_missing_bucket_is_named(s3_settings: Settings, s3_server: S3Server) -> None:
+def test_a_missing_bucket_is_named(s3_settings: Settings, s3_server: S3Server, tmp_path: Path) -> None:
     settings = s3_settings.model_copy(update={"artifact_url": "s3://no-such-bucket-argd/x"})
-    with pytest.raises(StoreUnavailable, match="bucket 'no-such-bucket-argd' does not exist"):
+    with pytest.raises(StoreUnavailable, match="bucket 'no-such-bucket-argd' does not exist") as failure:
         get_store(settings).check()
+    assert not failure.value.transient, "a missing bucket does not come back by retrying"
     with pytest.raises(StoreUnavailable, match="does not exist"):
         get_store(settings).put_stream([b"data"])
+    # An object request's bare 404 would read as "no such artifact": the store asks about the bucket.
+    with pytest.raises(StoreUnavailable, match="does not exist"):
+        get_store(settings).fetch("0" * 64, tmp_path / "x")
 
 
 def test_refused_credentials_are_named(
@@ -107,8 +111,9 @@ def test_refused_credentials_are_named(
     server = start_s3_server(tmp_path_factory.mktemp("moto-auth"), auth=True)
     try:
         settings = s3_configured(s3_settings, server, "x")
-        with pytest.raises(StoreUnavailable, match="refused the credentials"):
+        with pytest.raises(StoreUnavailable, match="refused the credentials") as failure:
             get_store(settings).check()
+        assert not failure.value.transient
     finally:
         server.stop()
 
@@ -116,8 +121,9 @@ def test_refused_credentials_are_named(
 def test_an_endpoint_that_is_down_is_named(s3_settings: Settings) -> None:
     dead = f"http://127.0.0.1:{free_port()}"
     settings = s3_settings.model_copy(update={"s3_endpoint_url": dead, "s3_max_attempts": 1})
-    with pytest.raises(StoreUnavailable, match=f"cannot reach the S3 endpoint {dead}"):
+    with pytest.raises(StoreUnavailable, match=f"cannot reach the S3 endpoint {dead}") as failure:
         get_store(settings).check()
+    assert failure.value.transient, "an endpoint that does not answer may come back"
 
 
 def test_the_input_cache_serves_repeats_locally_and_keeps_under_its_cap(
