@@ -65,6 +65,11 @@ class ArtifactStoreSettings(BaseSettings):
             s3_location(value)  # raises with the reason
         return value
 
+    @field_validator("cache_dir")
+    @classmethod
+    def _absolute_cache_dir(cls, value: Path | None) -> Path | None:
+        return value.expanduser().absolute() if value is not None else None
+
     @property
     def uses_s3_store(self) -> bool:
         return bool(self.artifact_url)
