@@ -23,7 +23,7 @@ RUN pip install "${TORCH_SPEC}" --index-url "${TORCH_INDEX_URL}"
 
 WORKDIR /opt/argd
 COPY . .
-RUN pip install -e . \
+RUN pip install -e ".[s3]" \
     && python -c "import argd.cli.main, torch; print('argd image: torch', torch.__version__, 'cuda', torch.version.cuda)"
 
 USER argd

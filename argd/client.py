@@ -301,6 +301,18 @@ class ArgdClient:
         """The job's JSON report: metrics, every parameter, seed, versions, input/output sha256."""
         return self._json("GET", f"/v1/jobs/{job_id}/report")
 
+    def _download_presigned(self, url: str, partial: Path) -> None:
+        """Follow the API's redirect to the object store's presigned URL, without the API key (the URL is
+        its own credential, and S3 refuses a request that carries a second one)."""
+        timeout = self._http.timeout
+        with httpx.stream("GET", url, timeout=timeout, headers={"User-Agent": _user_agent()}) as response:
+            if response.status_code >= 400:
+                response.read()
+                raise ApiError(response.status_code, "The download from the object store failed")
+            with partial.open("wb") as fh:
+                for chunk in response.iter_bytes(_CHUNK):
+                    fh.write(chunk)
+
     def download_model(self, job_id: str, dest: str | os.PathLike[str]) -> Path:
         """Stream the cleansed `.safetensors` to `dest` (a file, or a folder for `<job>.safetensors`).
 
@@ -316,9 +328,12 @@ class ArgdClient:
                 if response.status_code >= 400:
                     response.read()
                     raise ApiError.from_response(response)
-                with partial.open("wb") as fh:
-                    for chunk in response.iter_bytes(_CHUNK):
-                        fh.write(chunk)
+                if response.status_code in (302, 303, 307) and "location" in response.headers:
+                    self._download_presigned(response.headers["location"], partial)
+                else:
+                    with partial.open("wb") as fh:
+                        for chunk in response.iter_bytes(_CHUNK):
+                            fh.write(chunk)
         except httpx.TransportError as exc:
             partial.unlink(missing_ok=True)
             raise ServerUnreachable(self.base_url, _reason(exc)) from exc

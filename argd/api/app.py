@@ -21,9 +21,9 @@ from argd.api.errors import document_problems, install_error_handlers
 from argd.api.limits import BodySizeLimit
 from argd.api.routes import catalog, datasets, health, jobs, models, webhooks
 from argd.api.throttle import FailedAuthThrottle
-from argd.persistence.artifacts import LocalArtifactStore
 from argd.persistence.db import get_sessionmaker
 from argd.persistence.settings import Settings, get_settings
+from argd.persistence.stores import get_store
 from argd.persistence.tempfiles import sweep_stale_temp_files
 
 log = logging.getLogger("argd.api")
@@ -61,7 +61,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.sessionmaker = get_sessionmaker(settings)
-    app.state.store = LocalArtifactStore(settings.artifacts_dir)
+    app.state.store = get_store(settings)
     app.state.auth_throttle = FailedAuthThrottle(settings.auth_failure_limit, settings.auth_failure_window_s)
     install_error_handlers(app)
     # Only the upload routes may receive big bodies; they stream them to disk under their own limit.

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from argd.api.auth import Principal, authenticate, bearer_scheme
 from argd.api.throttle import FailedAuthThrottle
-from argd.persistence.artifacts import LocalArtifactStore
+from argd.persistence.artifacts import ArtifactStore
 from argd.persistence.settings import Settings
 from argd.worker.dispatch import CeleryQueue
 
@@ -29,9 +29,9 @@ async def app_settings(request: Request) -> Settings:
     return cast(Settings, request.app.state.settings)
 
 
-async def app_store(request: Request) -> LocalArtifactStore:
-    """The artifact store of the app's data directory."""
-    return cast(LocalArtifactStore, request.app.state.store)
+async def app_store(request: Request) -> ArtifactStore:
+    """The app's artifact store (the data directory's folder, or S3)."""
+    return cast(ArtifactStore, request.app.state.store)
 
 
 def session_factory(request: Request) -> sessionmaker[Session]:
@@ -54,7 +54,7 @@ async def job_queue(request: Request) -> CeleryQueue:
 
 
 SettingsDep = Annotated[Settings, Depends(app_settings)]
-StoreDep = Annotated[LocalArtifactStore, Depends(app_store)]
+StoreDep = Annotated[ArtifactStore, Depends(app_store)]
 SessionDep = Annotated[Session, Depends(db_session)]
 QueueDep = Annotated[CeleryQueue, Depends(job_queue)]
 

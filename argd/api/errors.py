@@ -28,7 +28,7 @@ from argd.jobs.errors import (
     QueueUnavailable,
     QuotaExceeded,
 )
-from argd.persistence.artifacts import STORAGE_FULL_MESSAGE, is_storage_full
+from argd.persistence.artifacts import STORAGE_FULL_MESSAGE, StoreUnavailable, is_storage_full
 
 logger = logging.getLogger("argd.api")
 
@@ -245,6 +245,18 @@ async def _handle_os_error(request: Request, exc: Exception) -> JSONResponse:
     return await _handle_unexpected(request, exc)
 
 
+async def _handle_store_down(request: Request, exc: Exception) -> JSONResponse:
+    """The object store refused or did not answer (after boto3's retries): 503, cause in the log only."""
+    logger.error("artifact store unavailable on %s %s: %s", request.method, request.url.path, exc)
+    return problem_response(
+        request,
+        503,
+        "storage_unavailable",
+        "The artifact store is unavailable right now; try again shortly",
+        headers={"Retry-After": str(DATABASE_RETRY_AFTER_S)},
+    )
+
+
 async def _handle_unexpected(request: Request, exc: Exception) -> JSONResponse:
     logger.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return problem_response(request, 500, "internal", "The server failed to process the request.")
@@ -258,6 +270,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ArgdError, _handle_engine_error)
     app.add_exception_handler(JobRefusal, _handle_refusal)
     app.add_exception_handler(OperationalError, _handle_database_down)
+    app.add_exception_handler(StoreUnavailable, _handle_store_down)
     app.add_exception_handler(DataError, _handle_unstorable)
     app.add_exception_handler(OSError, _handle_os_error)
     app.add_exception_handler(Exception, _handle_unexpected)

@@ -98,6 +98,15 @@ def add_upload_memory_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--work-dir", type=Path, help="where the temporary data directory goes (default: system tmp)"
     )
+    parser.add_argument(
+        "--store",
+        choices=["local", "s3"],
+        default="local",
+        help="local: uploads to the API (folder store); s3: this process streams files into the S3 store "
+        "and back (moto's server unless --s3-endpoint-url) (default: %(default)s)",
+    )
+    parser.add_argument("--s3-endpoint-url", help="with --store s3: an S3 endpoint (AWS_* credentials)")
+    parser.add_argument("--s3-bucket", help="with --s3-endpoint-url: an existing bucket to write to")
     parser.add_argument("--out", type=Path, help="folder for upload-memory.json and upload-memory.md")
     parser.set_defaults(service_bench="upload-memory")
 
@@ -145,6 +154,17 @@ def run_from_args(args: argparse.Namespace) -> int:
                 seed=args.seed,
             )
             name, markdown = "api-latency", latency_markdown(result)
+        elif args.store == "s3":
+            from argd.bench.store_memory import run_store_memory, store_markdown
+
+            result = run_store_memory(
+                sizes_mib=sorted({args.size_mb, *([args.compare_mb] if args.compare_mb > 0 else [])}),
+                endpoint_url=args.s3_endpoint_url,
+                bucket=args.s3_bucket,
+                sample_interval_s=args.interval_ms / 1000.0,
+                work_dir=args.work_dir,
+            )
+            name, markdown = "upload-memory-s3", store_markdown(result)
         else:
             sizes = sorted({args.size_mb, *([args.compare_mb] if args.compare_mb > 0 else [])})
             result = run_upload_memory(

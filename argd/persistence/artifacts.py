@@ -3,7 +3,8 @@
 Bytes are streamed in chunks and hashed on the way, so nothing is read whole into memory; a file's name is the
 sha256 of its bytes, so storing the same bytes twice keeps one copy. The store interface (`ArtifactStore`) is
 the narrow one an object store can also offer: stage an upload, commit it under its hash, read it back as a
-stream or into a local file, delete it. `LocalArtifactStore` keeps files under `<data_dir>/artifacts`.
+stream or into a local file, delete it. `LocalArtifactStore` keeps files under `<data_dir>/artifacts`;
+`argd.persistence.s3store.S3ArtifactStore` keeps them in a bucket (`artifact_url = s3://...`).
 
 Which files are still needed is the database's business: models, datasets and job results reference
 `artifacts.sha256` by foreign key, and `release_artifacts` deletes the rows no longer referenced and, once the
@@ -28,7 +29,6 @@ from sqlalchemy import event, exists, select
 from sqlalchemy.orm import Session
 
 from argd.persistence.models import Artifact, Dataset, Job, Model
-from argd.persistence.settings import Settings, get_settings
 from argd.persistence.tempfiles import STAGING_SUFFIX, staging_dir
 
 CHUNK_SIZE = 1024 * 1024
@@ -73,6 +73,16 @@ class ArtifactNotFound(FileNotFoundError):
     """No stored file has this sha256."""
 
 
+class StoreUnavailable(RuntimeError):
+    """The artifact store cannot be used (bucket missing, credentials refused, endpoint down): the message
+    names the cause for operators. `transient`: the endpoint did not answer, throttled or failed (5xx), so a
+    later attempt may succeed; a missing bucket or refused credentials stay so until an operator acts."""
+
+    def __init__(self, message: str, *, transient: bool = False):
+        super().__init__(message)
+        self.transient = transient
+
+
 @dataclass(frozen=True)
 class Blob:
     """What a stored file is known by: its hash and its size."""
@@ -114,12 +124,22 @@ class ArtifactStore(Protocol):
     def iter_chunks(self, sha256: str, chunk_size: int = CHUNK_SIZE) -> Iterator[bytes]: ...
     def fetch(self, sha256: str, dest: Path) -> Path: ...
     def delete(self, sha256: str) -> None: ...
+    def size(self, sha256: str) -> int: ...
+    def check(self) -> None: ...
+
+
+class _StagingTarget(Protocol):
+    """What a staged upload needs of its store: a local root (staging folder) and the commit step."""
+
+    root: Path
+
+    def _adopt(self, staged: Path, sha256: str) -> None: ...
 
 
 class LocalStagedUpload:
     """A temporary file in the store's staging folder, hashed as it is written."""
 
-    def __init__(self, store: LocalArtifactStore, max_bytes: int | None):
+    def __init__(self, store: _StagingTarget, max_bytes: int | None):
         self._store = store
         self._max = max_bytes
         self._hash = hashlib.sha256()
@@ -234,10 +254,16 @@ class LocalArtifactStore:
     def delete(self, sha256: str) -> None:
         self.path_of(sha256).unlink(missing_ok=True)
 
+    def size(self, sha256: str) -> int:
+        try:
+            return self.path_of(sha256).stat().st_size
+        except FileNotFoundError as exc:
+            raise ArtifactNotFound(f"no stored artifact {sha256}") from exc
 
-def get_store(settings: Settings | None = None) -> LocalArtifactStore:
-    """The artifact store of the configured data directory."""
-    return LocalArtifactStore((settings or get_settings()).artifacts_dir)
+    def check(self) -> None:
+        """StoreUnavailable unless the folder exists and is writable."""
+        if not self.root.is_dir() or not os.access(self.root, os.W_OK):
+            raise StoreUnavailable(f"the artifact folder {self.root} is missing or not writable")
 
 
 def register_artifact(session: Session, blob: Blob, kind: str) -> Artifact:

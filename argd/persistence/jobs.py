@@ -41,7 +41,15 @@ ALLOWED_TRANSITIONS: dict[str, frozenset[str]] = {
 }
 
 # Error codes a failed job can carry; messages are for humans and never hold stack traces.
-ERROR_CODES = ("invalid_input", "out_of_memory", "storage_full", "timed_out", "worker_lost", "internal")
+ERROR_CODES = (
+    "invalid_input",
+    "out_of_memory",
+    "storage_full",
+    "storage_unavailable",
+    "timed_out",
+    "worker_lost",
+    "internal",
+)
 INTERNAL_ERROR_MESSAGE = (
     "The job failed because of an internal error; the operators have the details in the logs."
 )
@@ -456,6 +464,20 @@ def mark_failed(
         raise ValueError(f"unknown error code {code!r}; known: {', '.join(ERROR_CODES)}")
     return _end_attempt(
         session, store, job_id, attempt, JobStatus.FAILED, error_code=code, error_message=message[:2000]
+    )
+
+
+def requeue_attempt(session: Session, job_id: str, attempt: int) -> Job:
+    """Put a running attempt's job back in the queue after a failure a later attempt may not meet (the
+    artifact store was unreachable). It keeps its checkpoint, and its next claim counts another attempt, so
+    `max_attempts` still caps the retries. IllegalTransition when the attempt no longer owns the job."""
+    return _transition(
+        session,
+        job_id,
+        "queued",
+        sources=("running",),
+        attempt=attempt,
+        values={"worker": None, "eta_s": None},
     )
 
 

@@ -18,13 +18,18 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
+
+from argd.persistence.store_settings import ArtifactStoreSettings
 
 WEBHOOK_SECRET_PREFIX = "whsec_"
 
 
-class Settings(BaseSettings):
-    """Configuration of the API, the workers and the command line (environment prefix `ARGD_`)."""
+class Settings(ArtifactStoreSettings):
+    """Configuration of the API, the workers and the command line (environment prefix `ARGD_`).
+
+    The artifact store's settings (local folder or S3, the workers' input cache) come from the base class.
+    """
 
     model_config = SettingsConfigDict(env_prefix="ARGD_", extra="ignore", validate_default=True)
 
@@ -176,6 +181,11 @@ class Settings(BaseSettings):
     @property
     def artifacts_dir(self) -> Path:
         return self.data_dir / "artifacts"
+
+    @property
+    def input_cache_dir(self) -> Path:
+        """The workers' cache of inputs fetched from an object store."""
+        return self.cache_dir or self.data_dir / "cache"
 
     @property
     def work_dir(self) -> Path:

@@ -12,10 +12,10 @@ from argd.persistence.settings import Settings, get_settings
 from argd.worker.celery_app import DELIVER_WEBHOOK, RUN_JOB, get_celery
 
 
-def enqueue_job(job_id: str, settings: Settings | None = None) -> None:
-    """Queue a committed job for the workers."""
+def enqueue_job(job_id: str, settings: Settings | None = None, countdown: float | None = None) -> None:
+    """Queue a committed job for the workers (to run no sooner than `countdown` seconds from now)."""
     settings = settings or get_settings()
-    get_celery(settings).send_task(RUN_JOB, args=[job_id], queue=settings.queue)
+    get_celery(settings).send_task(RUN_JOB, args=[job_id], queue=settings.queue, countdown=countdown)
 
 
 def notify_finished(job_id: str, settings: Settings | None = None) -> None:

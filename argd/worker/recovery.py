@@ -15,10 +15,10 @@ from typing import Any
 
 from celery import bootsteps
 
-from argd.persistence.artifacts import get_store
 from argd.persistence.db import session_scope
 from argd.persistence.jobs import Recovery, jobs_with_pending_webhooks, requeue_stale_jobs
 from argd.persistence.settings import Settings, get_settings
+from argd.persistence.stores import get_store
 from argd.persistence.tempfiles import sweep_stale_temp_files
 from argd.worker.dispatch import enqueue_job, notify_finished
 

@@ -25,17 +25,29 @@ from celery.exceptions import SoftTimeLimitExceeded
 
 from argd.jobs.service import announce_end
 from argd.persistence import jobs
-from argd.persistence.artifacts import STORAGE_FULL_MESSAGE, ArtifactStore, get_store, is_storage_full
+from argd.persistence.artifacts import (
+    STORAGE_FULL_MESSAGE,
+    ArtifactStore,
+    StoreUnavailable,
+    is_storage_full,
+)
 from argd.persistence.db import RowT, session_scope
 from argd.persistence.models import Dataset, Job, Model
 from argd.persistence.settings import Settings, get_settings
-from argd.worker.dispatch import CeleryQueue
+from argd.persistence.stores import get_store
+from argd.worker.cache import input_fetcher
+from argd.worker.dispatch import CeleryQueue, enqueue_job
 
 if TYPE_CHECKING:  # the engine (torch) is loaded only when an attempt runs
     from argd.core.data import ImageData
     from argd.core.pipeline import CleanseResult, ProgressEvent
 
 log = logging.getLogger(__name__)
+
+STORAGE_UNAVAILABLE_MESSAGE = (
+    "The artifact store could not be reached or refused the request, even after retries; the operators have "
+    "the cause in the logs. Submit the job again once they have fixed it."
+)
 
 OOM_MESSAGE = (
     "The job ran out of memory on its device; lower batch_size or eval_batch_size, or use smaller datasets."
@@ -232,19 +244,17 @@ def _execute(
     params = CleanseParams.model_validate(job.params)
     spec = ModelSpec.model_validate(inputs.model.spec)
     workdir.mkdir(parents=True, exist_ok=True)
-    model_path = store.fetch(inputs.model.sha256, workdir / "model.safetensors")
-    teacher_path = (
-        store.fetch(inputs.teacher.sha256, workdir / "teacher.safetensors") if inputs.teacher else None
-    )
+    rows = (inputs.model, inputs.teacher, inputs.clean, inputs.test, inputs.poisoned)
+    fetch = input_fetcher(settings, store, keep=[row.sha256 for row in rows if row is not None])
+    model_path = fetch(inputs.model.sha256, workdir / "model.safetensors")
+    teacher_path = fetch(inputs.teacher.sha256, workdir / "teacher.safetensors") if inputs.teacher else None
     paths: dict[str, Path | None] = {
         "model": model_path,
         "teacher": teacher_path,
-        "clean": store.fetch(inputs.clean.sha256, workdir / f"clean.{inputs.clean.format}"),
-        "test": store.fetch(inputs.test.sha256, workdir / f"test.{inputs.test.format}")
-        if inputs.test
-        else None,
+        "clean": fetch(inputs.clean.sha256, workdir / f"clean.{inputs.clean.format}"),
+        "test": fetch(inputs.test.sha256, workdir / f"test.{inputs.test.format}") if inputs.test else None,
         "poisoned": (
-            store.fetch(inputs.poisoned.sha256, workdir / f"poisoned.{inputs.poisoned.format}")
+            fetch(inputs.poisoned.sha256, workdir / f"poisoned.{inputs.poisoned.format}")
             if inputs.poisoned
             else None
         ),
@@ -325,6 +335,11 @@ def _execute(
         )
 
 
+def store_retry_delay_s(attempt: int) -> float:
+    """Wait before the attempt after an unreachable store: 5 s, doubling per attempt, at most a minute."""
+    return float(min(60, 5 * 2 ** (attempt - 1)))
+
+
 def torch_threads() -> int:
     """The intra-op threads torch used in this pool process (the report shows it: a job at one thread on
     a many-core worker is the first thing to rule out when a job is slower than `argd cleanse`)."""
@@ -349,6 +364,9 @@ def classify_failure(exc: BaseException, settings: Settings) -> tuple[str, str] 
         return "out_of_memory", OOM_MESSAGE
     if is_storage_full(exc):
         return "storage_full", STORAGE_FULL_MESSAGE
+    if isinstance(exc, StoreUnavailable):
+        log.error("job failed: artifact store unavailable: %s", exc)
+        return "storage_unavailable", STORAGE_UNAVAILABLE_MESSAGE
     if isinstance(exc, ArgdError) and exc.code == "diverged":
         return "invalid_input", exc.message  # the user's hyperparameters made training diverge
     return "internal", jobs.INTERNAL_ERROR_MESSAGE
@@ -357,7 +375,8 @@ def classify_failure(exc: BaseException, settings: Settings) -> tuple[str, str] 
 def run_job_attempt(job_id: str, settings: Settings | None = None, store: ArtifactStore | None = None) -> str:
     """Claim and run one attempt of a job; returns what happened (for logs and tests).
 
-    Outcomes: succeeded, failed, canceled, superseded (another attempt took the job over), or the claim's
+    Outcomes: succeeded, failed, canceled, superseded (another attempt took the job over), retry (the
+    artifact store was unreachable: the job is queued again, after a delay, to resume), or the claim's
     refusal (missing, finished, busy) or the end it gave a lost job (canceled, exhausted, timed_out).
     """
     settings = settings or get_settings()
@@ -396,7 +415,13 @@ def run_job_attempt(job_id: str, settings: Settings | None = None, store: Artifa
         shutil.rmtree(workdir, ignore_errors=True)
         with contextlib.suppress(OSError):  # the job's folder, unless another attempt is using it
             workdir.parent.rmdir()
-    if outcome not in ("superseded", "interrupted"):
+    if outcome == "retry":
+        delay = store_retry_delay_s(attempt)
+        log.warning(
+            "job %s attempt %d: the artifact store is unavailable; retrying in %.0f s", job_id, attempt, delay
+        )
+        enqueue_job(job_id, settings, countdown=delay)
+    elif outcome not in ("superseded", "interrupted"):
         announce_end(CeleryQueue(settings), claim.job)
     log.info("job %s attempt %d ended: %s", job_id, attempt, outcome)
     return outcome
@@ -410,6 +435,14 @@ def _record_failure(
         return "superseded"
     if not isinstance(exc, Exception):
         return "interrupted"
+    if isinstance(exc, StoreUnavailable) and exc.transient and attempt < settings.max_attempts:
+        log.warning("job %s attempt %d: %s", job_id, attempt, exc)
+        try:
+            with session_scope(settings) as session:
+                jobs.requeue_attempt(session, job_id, attempt)
+            return "retry"
+        except jobs.IllegalTransition:
+            return "superseded"
     classified = classify_failure(exc, settings)
     if classified is not None and classified[0] == "internal":
         log.exception("job %s attempt %d failed", job_id, attempt, exc_info=exc)

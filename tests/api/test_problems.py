@@ -110,14 +110,14 @@ def test_healthz_and_readyz(anonymous: TestClient) -> None:
     assert anonymous.get("/healthz").json()["status"] == "ok"
     response = anonymous.get("/readyz")
     assert response.status_code == 200, response.text
-    assert response.json()["checks"] == {"database": "ok", "broker": "ok"}
+    assert response.json()["checks"] == {"database": "ok", "broker": "ok", "artifact_store": "ok"}
 
 
 def test_readyz_is_503_when_the_broker_or_database_is_down(app_settings: Settings) -> None:
     broken = app_settings.model_copy(update={"broker_url": "redis://127.0.0.1:1/0"})
     with TestClient(create_app(broken), raise_server_exceptions=False) as client:
         body = assert_problem(client.get("/readyz"), 503, "not_ready")
-        assert body["checks"] == {"database": "ok", "broker": "unavailable"}
+        assert body["checks"] == {"database": "ok", "broker": "unavailable", "artifact_store": "ok"}
         assert client.get("/healthz").status_code == 200
     broken = app_settings.model_copy(
         update={
@@ -127,7 +127,7 @@ def test_readyz_is_503_when_the_broker_or_database_is_down(app_settings: Setting
     )
     with TestClient(create_app(broken), raise_server_exceptions=False) as client:
         body = assert_problem(client.get("/readyz"), 503, "not_ready")
-        assert body["checks"] == {"database": "unavailable", "broker": "unavailable"}
+        assert body["checks"] == {"database": "unavailable", "broker": "unavailable", "artifact_store": "ok"}
 
 
 def test_json_bodies_are_capped(client: TestClient) -> None:

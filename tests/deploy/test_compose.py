@@ -55,7 +55,7 @@ def _command(service: dict[str, Any]) -> list[str]:
 
 
 def test_services_are_all_there(services: dict[str, Any]) -> None:
-    assert {"postgres", "redis", "migrate", "api", "worker"} <= set(services)
+    assert {"postgres", "redis", "minio", "minio-init", "migrate", "api", "worker"} <= set(services)
 
 
 def test_every_argd_variable_is_a_setting(services: dict[str, Any]) -> None:
@@ -71,6 +71,18 @@ def test_every_argd_variable_is_a_setting(services: dict[str, Any]) -> None:
         )
         assert env["ARGD_BROKER_URL"].startswith("redis://redis:6379/")
         assert env["ARGD_DATA_DIR"] == "/var/lib/argd"
+        # Artifacts go to the MinIO bucket that minio-init creates, with MinIO's own credentials.
+        assert env["ARGD_ARTIFACT_URL"] == "s3://${MINIO_BUCKET:-argd}/artifacts"
+        assert env["ARGD_S3_ENDPOINT_URL"] == "http://minio:9000"
+        assert env["ARGD_S3_SECRET_ACCESS_KEY"].startswith("${MINIO_ROOT_PASSWORD:?")
+
+
+def _sample_value(match: re.Match[str]) -> str:
+    """A value for a `${NAME...}` interpolation: its default (`:-x`), a sample password, else empty."""
+    name, rest = match.group(1), match.group(2) or ""
+    if rest.startswith(":-"):
+        return rest[2:]
+    return "sample" if "PASSWORD" in name else ""
 
 
 def test_compose_environment_builds_valid_settings(
@@ -79,13 +91,12 @@ def test_compose_environment_builds_valid_settings(
     """The values themselves pass the settings' validation (interpolations replaced by sample values)."""
     for name in ARGD_SERVICES:
         for key, value in _env(services[name]).items():
-            sample = re.sub(
-                r"\$\{(\w+)(:[-?][^}]*)?\}", lambda m: "sample" if "PASSWORD" in m.group(1) else "", value
-            )
+            sample = re.sub(r"\$\{(\w+)(:[-?][^}]*)?\}", _sample_value, value)
             monkeypatch.setenv(key, sample)
         settings = Settings()
         assert settings.data_dir == Path("/var/lib/argd")
         assert not settings.uses_filesystem_broker
+        assert settings.uses_s3_store
 
 
 def test_secrets_come_from_the_environment_not_the_file(services: dict[str, Any]) -> None:
@@ -123,10 +134,14 @@ def test_startup_order_and_healthchecks(services: dict[str, Any]) -> None:
     assert "/readyz" in " ".join(services["api"]["healthcheck"]["test"])
     assert services["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
     assert services["migrate"]["restart"] == "no"
+    assert "ready" in services["minio"]["healthcheck"]["test"]
+    assert services["minio-init"]["depends_on"]["minio"]["condition"] == "service_healthy"
+    assert "mc mb --ignore-existing" in " ".join(services["minio-init"]["command"])
     for name in ("api", "worker"):
         depends = services[name]["depends_on"]
         assert depends["migrate"]["condition"] == "service_completed_successfully"
         assert depends["redis"]["condition"] == "service_healthy"
+        assert depends["minio-init"]["condition"] == "service_completed_successfully"
 
 
 def test_api_port_and_volumes(compose: dict[str, Any], services: dict[str, Any]) -> None:
@@ -135,8 +150,11 @@ def test_api_port_and_volumes(compose: dict[str, Any], services: dict[str, Any])
     declared = set(compose["volumes"])
     assert any(v.endswith(":/var/lib/postgresql/data") for v in services["postgres"]["volumes"])
     assert any(v.endswith(":/data") for v in services["redis"]["volumes"])
-    for name in ("api", "worker"):
-        assert "argd-data:/var/lib/argd" in services[name]["volumes"], f"{name} must share the data volume"
+    assert any(v.endswith(":/data") for v in services["minio"]["volumes"])
+    # No volume is shared between the API and the workers: artifacts live in the object store.
+    api_volumes = {v.split(":", 1)[0] for v in services["api"].get("volumes", [])}
+    worker_volumes = {v.split(":", 1)[0] for v in services["worker"].get("volumes", [])}
+    assert not api_volumes & worker_volumes, f"api and worker share {api_volumes & worker_volumes}"
     for name in ("postgres", "redis", *ARGD_SERVICES):
         for volume in services[name].get("volumes", []):
             source = volume.split(":", 1)[0]
@@ -165,7 +183,9 @@ def test_dockerfile_non_root_cuda_torch_and_entry_point(dockerfile: list[str]) -
     index_url = args["TORCH_INDEX_URL"]
     assert re.fullmatch(r"https://\S+/whl/cu\d{3}", index_url), "torch must come from a CUDA wheel index"
     torch_install = next(line for line in dockerfile if "pip install" in line and "TORCH_INDEX_URL" in line)
-    project_install = next(i for i, line in enumerate(dockerfile) if re.search(r"pip install (-e )?\.", line))
+    project_install = next(
+        i for i, line in enumerate(dockerfile) if re.search(r"pip install (-e )?\"?\.", line)
+    )
     assert dockerfile.index(torch_install) < project_install, "torch first, so pip keeps the CUDA build"
 
     users = [line.split()[1] for line in dockerfile if line.startswith("USER ")]
@@ -181,7 +201,7 @@ def test_image_keeps_the_migrations_beside_the_package(dockerfile: list[str]) ->
     from argd.persistence.migrate import MIGRATIONS_DIR
 
     assert MIGRATIONS_DIR == ROOT / "migrations"
-    assert any(re.search(r"pip install -e \.", line) for line in dockerfile)
+    assert any(re.search(r"pip install -e \"?\.", line) for line in dockerfile)
     ignored = {
         line.strip()
         for line in (ROOT / ".dockerignore").read_text().splitlines()
@@ -196,7 +216,7 @@ def test_image_keeps_the_migrations_beside_the_package(dockerfile: list[str]) ->
 def test_readme_documents_every_setting_with_its_default() -> None:
     """The README's configuration table lists exactly the settings' fields, with the code's defaults."""
     readme = (ROOT / "README.md").read_text()
-    rows = dict(re.findall(r"^\| `(ARGD_[A-Z_]+)` \| ([^|]+) \|", readme, re.MULTILINE))
+    rows = dict(re.findall(r"^\| `(ARGD_[A-Z0-9_]+)` \| ([^|]+) \|", readme, re.MULTILINE))
     expected = {f"ARGD_{name.upper()}": field for name, field in Settings.model_fields.items()}
     assert set(rows) == set(expected), f"README table vs Settings: {sorted(set(rows) ^ set(expected))}"
     for name, field in expected.items():

@@ -1,1 +1,2 @@
 from tests.fixtures.database import *  # noqa: F403
+from tests.fixtures.s3 import *  # noqa: F403

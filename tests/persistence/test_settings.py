@@ -8,6 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from argd.persistence.settings import Settings, decode_webhook_secret
+from argd.persistence.store_settings import s3_location
 
 
 def test_defaults_live_under_the_data_dir(tmp_path: Path) -> None:
@@ -48,3 +49,12 @@ def test_webhook_secret_is_checked_or_generated_once(tmp_path: Path) -> None:
     assert len(key) == 32 and Settings(data_dir=tmp_path).master_webhook_secret() == key
     assert (tmp_path / "webhook_secret").stat().st_mode & 0o077 == 0
     assert decode_webhook_secret((tmp_path / "webhook_secret").read_text()) == key
+
+
+def test_artifact_url_is_checked_and_splits_into_bucket_and_prefix() -> None:
+    assert s3_location("s3://bucket/a/b/") == ("bucket", "a/b/")
+    assert s3_location("s3://bucket") == ("bucket", "")
+    assert not Settings().uses_s3_store and Settings(artifact_url="s3://b/p").uses_s3_store
+    for bad in ("http://bucket/x", "s3:///x", "s3://b/x?versionId=1", "bucket"):
+        with pytest.raises(ValueError, match="artifact_url"):
+            Settings(artifact_url=bad)

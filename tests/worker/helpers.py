@@ -15,12 +15,13 @@ from argd.core.architectures import build_model
 from argd.core.data import ImageData, save_npz
 from argd.core.spec import ModelSpec
 from argd.core.weights import save_weights
-from argd.persistence.artifacts import get_store, register_artifact
+from argd.persistence.artifacts import register_artifact
 from argd.persistence.db import session_scope
 from argd.persistence.jobs import create_job
 from argd.persistence.keys import get_or_create_tenant
 from argd.persistence.models import Dataset, Job, Model
 from argd.persistence.settings import Settings
+from argd.persistence.stores import get_store
 
 SPEC = ModelSpec(
     architecture="small-cnn", num_classes=4, in_channels=1, image_size=12, arch_kwargs={"width": 4}

@@ -19,9 +19,9 @@ import torch
 from safetensors.torch import load_file
 
 from argd.persistence import jobs
-from argd.persistence.artifacts import get_store
 from argd.persistence.db import session_scope
 from argd.persistence.settings import Settings
+from argd.persistence.stores import get_store
 from argd.worker.dispatch import enqueue_job
 from tests.fixtures.worker import WorkerProcess
 from tests.worker.helpers import finished, read_job, submit, upload_inputs, wait_for

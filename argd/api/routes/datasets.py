@@ -21,7 +21,7 @@ from argd.api.schemas import DatasetOut, DatasetPage
 from argd.api.uploads import end_transaction, receive_multipart
 from argd.api.validation import DatasetIntake, check_dataset_file
 from argd.jobs.quotas import check_upload
-from argd.persistence.artifacts import LocalArtifactStore, register_artifact
+from argd.persistence.artifacts import ArtifactStore, register_artifact
 from argd.persistence.models import Dataset
 from argd.persistence.tempfiles import scratch_file, upload_dir
 
@@ -64,7 +64,7 @@ def dataset_out(row: Dataset) -> DatasetOut:
 
 def _store_dataset(
     session: Session,
-    store: LocalArtifactStore,
+    store: ArtifactStore,
     principal: Principal,
     intake: DatasetIntake,
     name: str,

@@ -1,4 +1,5 @@
-"""Probes: `/healthz` says the process answers, `/readyz` that it can reach its database and its broker.
+"""Probes: `/healthz` says the process answers, `/readyz` that it can reach its database, its broker and
+its artifact store.
 
 Orchestrators restart on a failing liveness probe and stop routing on a failing readiness probe, so
 `/healthz` checks nothing external (a database outage must not restart every API process).
@@ -14,9 +15,10 @@ from fastapi import APIRouter, Request
 from sqlalchemy import text
 
 from argd import __version__
-from argd.api.deps import SettingsDep, session_factory
+from argd.api.deps import SettingsDep, StoreDep, session_factory
 from argd.api.errors import Problem, problem_responses
 from argd.api.schemas import Health, Readiness
+from argd.persistence.artifacts import StoreUnavailable
 from argd.persistence.settings import Settings
 
 log = logging.getLogger("argd.api")
@@ -72,20 +74,29 @@ async def healthz() -> Health:
     response_model=Readiness,
     responses=problem_responses(503),
 )
-def readyz(request: Request, settings: SettingsDep) -> Readiness:
-    """The database and the broker are reachable; otherwise 503 naming the failing check."""
+def readyz(request: Request, settings: SettingsDep, store: StoreDep) -> Readiness:
+    """The database, the broker and the artifact store are reachable; otherwise 503 naming the failing
+    check (for the artifact store, also the cause: bucket missing, credentials refused, endpoint down)."""
     checks: dict[str, str] = {}
-    for name in ("database", "broker"):
+    causes: list[str] = []
+    for name in ("database", "broker", "artifact_store"):
         try:
             if name == "database":
                 check_database(request)
-            else:
+            elif name == "broker":
                 check_broker(settings)
+            else:
+                store.check()
             checks[name] = "ok"
+        except StoreUnavailable as exc:  # its message is written for operators and holds no secret
+            log.warning("readiness check %s failed: %s", name, exc)
+            checks[name] = f"unavailable: {exc}"
+            causes.append(str(exc))
         except Exception as exc:  # any failure means "not ready"; details go to the log only
             log.warning("readiness check %s failed: %s", name, exc.__class__.__name__, exc_info=exc)
             checks[name] = "unavailable"
     failing = [name for name, state in checks.items() if state != "ok"]
     if failing:
-        raise Problem(503, "not_ready", f"Not ready: {', '.join(failing)} unreachable", checks=checks)
+        detail = f"Not ready: {', '.join(failing)} unreachable" + "".join(f" ({c})" for c in causes)
+        raise Problem(503, "not_ready", detail, checks=checks)
     return Readiness(checks=checks)

@@ -13,7 +13,7 @@ from functools import partial
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, RedirectResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials
 from sqlalchemy.orm import Session
 
@@ -189,18 +189,28 @@ def _finished_artifact(job: Job, sha: str | None, what: str) -> str:
             "description": "The cleansed weights (.safetensors)",
             "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
         },
+        307: {
+            "description": "With the S3 store and `s3_presign_downloads` on: a redirect (`Location`) to a "
+            "short-lived presigned URL of the object store"
+        },
         **problem_responses(401, 404, 409),
     },
 )
 def download_job_model(
-    job_id: str, principal: PrincipalDep, session: SessionDep, store: StoreDep
-) -> StreamingResponse:
-    """The cleansed student's weights, streamed; 409 unless the job succeeded."""
+    job_id: str, principal: PrincipalDep, session: SessionDep, store: StoreDep, settings: SettingsDep
+) -> Response:
+    """The cleansed student's weights, streamed (or a redirect to a presigned URL); 409 unless the job
+    succeeded."""
     job = service.owned_job(session, principal.tenant_id, job_id)
     sha = _finished_artifact(job, job.result_model_sha256, "cleansed model")
+    filename = f"{job.id}.safetensors"
+    presign = getattr(store, "presigned_url", None)
+    if settings.s3_presign_downloads and presign is not None:
+        return RedirectResponse(
+            presign(sha, filename), status_code=307, headers={"Cache-Control": "no-store"}
+        )
+    size = store.size(sha)
     handle = store.open(sha)
-    size = handle.seek(0, 2)
-    handle.seek(0)
 
     def chunks() -> Iterator[bytes]:
         with handle:
@@ -211,7 +221,7 @@ def download_job_model(
         media_type="application/octet-stream",
         headers={
             "Content-Length": str(size),
-            "Content-Disposition": f'attachment; filename="{job.id}.safetensors"',
+            "Content-Disposition": f'attachment; filename="{filename}"',
             "ETag": f'"{sha}"',
         },
     )

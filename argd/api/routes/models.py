@@ -25,7 +25,7 @@ from argd.api.uploads import end_transaction, receive_multipart
 from argd.api.validation import ModelIntake, check_model_file
 from argd.core.spec import ModelSpec
 from argd.jobs.quotas import check_upload
-from argd.persistence.artifacts import LocalArtifactStore, register_artifact
+from argd.persistence.artifacts import ArtifactStore, register_artifact
 from argd.persistence.models import Model
 from argd.persistence.tempfiles import scratch_file, upload_dir
 
@@ -93,7 +93,7 @@ def parse_spec(text: str | None) -> ModelSpec:
 
 def _store_model(
     session: Session,
-    store: LocalArtifactStore,
+    store: ArtifactStore,
     principal: Principal,
     intake: ModelIntake,
     spec: ModelSpec,
