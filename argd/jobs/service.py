@@ -168,6 +168,13 @@ def validate_inputs(session: Session, body: JobCreate, tenant_id: str, settings:
                     f"teacher_model_id: the teacher's {attr} is {getattr(teacher_spec, attr)} but the "
                     f"model's is {getattr(spec, attr)}",
                 )
+    if body.mlflow is not None and not settings.mlflow_tracking_uri:
+        raise InvalidJobRequest(
+            "mlflow_not_configured",
+            "mlflow: this deployment has no MLflow tracking server (the operator sets "
+            "ARGD_MLFLOW_TRACKING_URI); leave out the mlflow block",
+            details={"field": "mlflow"},
+        )
     if body.webhook_url is not None:
         try:
             validate_webhook_url(body.webhook_url, settings)
@@ -230,6 +237,8 @@ def create(
         raise _key_reused(exc) from exc
     if not created:  # a concurrent request with the same key and body won the race
         return Submission(job, replayed=True)
+    if body.mlflow is not None:
+        job.mlflow = body.mlflow.model_dump(mode="json")
     session.commit()
     try:
         queue.enqueue(job.id)
