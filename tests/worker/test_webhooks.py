@@ -4,11 +4,8 @@ body's job object being the API's job, key for key."""
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -27,6 +24,7 @@ from argd.persistence.models import Tenant
 from argd.persistence.settings import Settings
 from argd.worker.dispatch import enqueue_job, notify_finished
 from argd.worker.webhooks import post_signed
+from tests.fixtures.webhooks import WebhookReceiver as _Receiver
 from tests.fixtures.worker import WorkerProcess
 from tests.worker.helpers import finished, submit, upload_inputs, wait_for
 
@@ -103,38 +101,6 @@ def test_delivery_rechecks_the_target_and_sends_nothing_to_a_forbidden_one() -> 
     )
     assert not result.ok and not result.retryable and result.status_code is None
     assert result.error is not None and "loopback" in result.error
-
-
-class _Receiver:
-    """A local HTTP endpoint that fails the first `failures` requests, then answers 204 (or, with
-    `redirect_to`, answers every request with a 307 to it)."""
-
-    def __init__(self, failures: int, redirect_to: str | None = None):
-        self.failures = failures
-        self.requests: list[tuple[dict[str, str], bytes]] = []
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["content-length"]))
-                receiver.requests.append(({k.lower(): v for k, v in self.headers.items()}, body))
-                failing = len(receiver.requests) <= receiver.failures
-                self.send_response(307 if redirect_to else 500 if failing else 204)
-                if redirect_to:
-                    self.send_header("location", redirect_to)
-                self.send_header("content-length", "0")
-                self.end_headers()
-
-            def log_message(self, *_: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks/argd"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture

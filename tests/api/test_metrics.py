@@ -1,0 +1,170 @@
+"""Prometheus metrics: `/metrics` of a live uvicorn server, parsed by the Prometheus text parser, moves
+when a real (tiny) job runs through the session's Celery worker; only the operator's token opens it,
+and the separate-port mode serves it without exposing it on the API port.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
+
+from argd.api.app import create_app
+from argd.devserver import free_port
+from argd.persistence.db import session_scope
+from argd.persistence.models import Tenant
+from argd.persistence.settings import Settings
+from tests.api.test_problems import assert_problem
+from tests.fixtures.server import METRICS_TOKEN, LiveServer, make_api_key
+from tests.fixtures.webhooks import WebhookReceiver
+from tests.fixtures.worker import WorkerProcess
+from tests.worker.helpers import upload_inputs
+
+pytestmark = pytest.mark.service
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def parse(text: str) -> Samples:
+    """Every sample of the exposition, keyed by (sample name, labels)."""
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+def total(samples: Samples, name: str, **labels: str) -> float:
+    """The sum over every sample of `name` whose labels include `labels`."""
+    wanted = set(labels.items())
+    return sum(v for (n, lab), v in samples.items() if n == name and wanted <= lab)
+
+
+def scrape(base_url: str, token: str = METRICS_TOKEN) -> Samples:
+    response = httpx.get(f"{base_url}/metrics", headers={"Authorization": f"Bearer {token}"}, timeout=30)
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("text/plain")
+    return parse(response.text)
+
+
+@pytest.fixture
+def webhook_receiver() -> Iterator[WebhookReceiver]:
+    receiver = WebhookReceiver(failures=0)
+    yield receiver
+    receiver.close()
+
+
+def _tenant_key(settings: Settings, tenant_id: str) -> str:
+    with session_scope(settings) as session:
+        tenant = session.get(Tenant, tenant_id)
+        assert tenant is not None
+        name = tenant.name
+    return make_api_key(settings, name)
+
+
+def test_metrics_move_when_a_job_runs(
+    api_server: LiveServer, worker: WorkerProcess, webhook_receiver: WebhookReceiver, tmp_path: Path
+) -> None:
+    inputs = upload_inputs(api_server.settings, tmp_path, images=32)
+    key = _tenant_key(api_server.settings, inputs.tenant_id)
+    before = scrape(api_server.base_url)
+    request: dict[str, Any] = {
+        "model_id": inputs.model_id,
+        "clean_dataset_id": inputs.clean_id,
+        "test_dataset_id": inputs.test_id,
+        "params": {"epochs": 2, "teacher_epochs": 1, "batch_size": 16, "eval_batch_size": 64},
+        "webhook_url": webhook_receiver.url,
+    }
+    with api_server.client(key) as client:
+        response = client.post("/v1/jobs", json=request)
+        assert response.status_code == 202, response.text
+        job_id = response.json()["id"]
+        deadline = time.monotonic() + 120
+        while (job := client.get(f"/v1/jobs/{job_id}").json())["status"] not in ("succeeded", "failed"):
+            assert time.monotonic() < deadline, job
+            time.sleep(0.2)
+        assert job["status"] == "succeeded", (job, worker.log_tail())
+        polls = client.get(f"/v1/jobs/{job_id}").status_code  # one more, counted below
+    deadline = time.monotonic() + 30
+    while True:  # the webhook goes out just after the job ends
+        after = scrape(api_server.base_url)
+        delivered = value(after, "argd_webhook_deliveries_total", outcome="delivered")
+        if delivered > value(before, "argd_webhook_deliveries_total", outcome="delivered"):
+            break
+        assert time.monotonic() < deadline, "the webhook delivery never showed in the metrics"
+        time.sleep(0.5)
+
+    # Requests by route template (never the raw path) and status; latency histograms by route.
+    created = {"route": "/v1/jobs", "method": "POST", "status": "202"}
+    assert (
+        value(after, "argd_http_requests_total", **created)
+        == value(before, "argd_http_requests_total", **created) + 1
+    )
+    polled = {"route": "/v1/jobs/{job_id}", "method": "GET", "status": str(polls)}
+    assert (
+        value(after, "argd_http_requests_total", **polled)
+        >= value(before, "argd_http_requests_total", **polled) + 2
+    )
+    duration = {"route": "/v1/jobs/{job_id}", "method": "GET"}
+    assert value(after, "argd_http_request_duration_seconds_count", **duration) >= 2
+    assert value(after, "argd_http_request_duration_seconds_bucket", **duration, le="+Inf") == value(
+        after, "argd_http_request_duration_seconds_count", **duration
+    )
+    assert not any(job_id in v for (_, labels) in after for _, v in labels)
+
+    # Jobs by status, durations by method and device, deliveries, queue depth, heartbeats.
+    assert value(after, "argd_jobs", status="succeeded") >= value(before, "argd_jobs", status="succeeded") + 1
+    labels = {"method": "argd", "device": "cpu"}
+    assert (
+        value(after, "argd_job_duration_seconds_count", **labels)
+        == value(before, "argd_job_duration_seconds_count", **labels) + 1
+    )
+    assert value(after, "argd_job_duration_seconds_sum", **labels) > value(
+        before, "argd_job_duration_seconds_sum", **labels
+    )
+    assert (
+        value(after, "argd_epoch_duration_seconds_count", **labels)
+        == value(before, "argd_epoch_duration_seconds_count", **labels) + 3
+    )  # one teacher epoch, two student epochs
+    assert ("argd_queue_depth", frozenset({("queue", api_server.settings.queue)})) in after
+    assert (
+        value(after, "argd_up", component="database") == 1
+        and value(after, "argd_up", component="broker") == 1
+    )
+    beats = [v for (name, _), v in after.items() if name == "argd_worker_last_heartbeat_timestamp_seconds"]
+    assert beats and max(beats) > time.time() - 60
+
+
+def test_only_the_operator_token_opens_metrics(api_server: LiveServer) -> None:
+    url = f"{api_server.base_url}/metrics"
+    for headers in ({}, {"Authorization": f"Bearer {api_server.api_key}"}, {"Authorization": "Bearer nope"}):
+        response = httpx.get(url, headers=headers, timeout=30)
+        body = assert_problem(response, 401, "unauthorized")
+        assert "metrics token" in body["detail"] and "argd_" not in response.text
+    assert "/metrics" not in httpx.get(f"{api_server.base_url}/openapi.json", timeout=30).text
+    assert scrape(api_server.base_url)  # the right token
+
+
+def test_no_token_no_metrics_on_the_api_port_and_a_separate_port(app_settings: Settings) -> None:
+    assert app_settings.metrics_token is None
+    port = free_port()
+    settings = app_settings.model_copy(update={"metrics_port": port, "metrics_host": "127.0.0.1"})
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        assert_problem(client.get("/metrics"), 404, "not_found")
+        response = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=30)
+        assert response.status_code == 200
+        samples = parse(response.text)
+        assert ("argd_up", frozenset({("component", "database")})) in samples
+        assert any(name == "argd_jobs" for name, _ in samples)
+    with pytest.raises(httpx.ConnectError):  # the port goes with the app
+        httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5)
