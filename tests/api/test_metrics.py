@@ -5,6 +5,8 @@ and the separate-port mode serves it without exposing it on the API port.
 
 from __future__ import annotations
 
+import json
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +16,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
+from pydantic import SecretStr
 
 from argd.api.app import create_app
 from argd.devserver import free_port
@@ -168,3 +171,27 @@ def test_no_token_no_metrics_on_the_api_port_and_a_separate_port(app_settings: S
         assert any(name == "argd_jobs" for name, _ in samples)
     with pytest.raises(httpx.ConnectError):  # the port goes with the app
         httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5)
+
+
+def _base(name: str) -> str:
+    return re.sub(r"_(bucket|count|sum|total)$", "", name)
+
+
+def test_the_grafana_dashboard_queries_only_exposed_metrics(app_settings: Settings) -> None:
+    token = "operator-token-for-this-test"
+    settings = app_settings.model_copy(update={"metrics_token": SecretStr(token)})
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        client.get("/healthz")  # at least one request, so the HTTP series exist
+        response = client.get("/metrics", headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code == 200, response.text
+    exposed = {_base(family.name) for family in text_string_to_metric_families(response.text)}
+    dashboard = json.loads(
+        (Path(__file__).resolve().parents[2] / "docs" / "grafana-dashboard.json").read_text()
+    )
+    queried = {
+        _base(name)
+        for panel in dashboard["panels"]
+        for target in panel["targets"]
+        for name in re.findall(r"\bargd_[a-z_]+", target["expr"])
+    }
+    assert queried and queried <= exposed, queried - exposed
