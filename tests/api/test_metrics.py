@@ -6,9 +6,11 @@ and the separate-port mode serves it without exposing it on the API port.
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +26,7 @@ from argd.persistence.db import session_scope
 from argd.persistence.models import Tenant
 from argd.persistence.settings import Settings
 from tests.api.test_problems import assert_problem
-from tests.fixtures.server import METRICS_TOKEN, LiveServer, make_api_key
+from tests.fixtures.server import METRICS_TOKEN, LiveServer, ServerProcess, make_api_key
 from tests.fixtures.webhooks import WebhookReceiver
 from tests.fixtures.worker import WorkerProcess
 from tests.worker.helpers import upload_inputs
@@ -195,3 +197,34 @@ def test_the_grafana_dashboard_queries_only_exposed_metrics(app_settings: Settin
         for name in re.findall(r"\bargd_[a-z_]+", target["expr"])
     }
     assert queried and queried <= exposed, queried - exposed
+
+
+def test_several_uvicorn_workers_share_their_counts_in_multiprocess_mode(
+    service_settings: Settings, tmp_path: Path
+) -> None:
+    folder = tmp_path / "prometheus"
+    folder.mkdir()
+    env = {
+        **os.environ,
+        **service_settings.to_env(),
+        "ARGD_METRICS_TOKEN": METRICS_TOKEN,
+        "PROMETHEUS_MULTIPROC_DIR": str(folder),
+        "OMP_NUM_THREADS": "1",
+    }
+    with ServerProcess(env, tmp_path / "server.log", extra_args=("--workers", "2")) as server:
+        with ThreadPoolExecutor(8) as pool:  # concurrent connections, so that both processes take some
+            answers = list(pool.map(lambda _: httpx.get(f"{server.base_url}/healthz", timeout=30), range(60)))
+        assert {answer.status_code for answer in answers} == {200}
+        counts = set()
+        for _ in range(6):  # each scrape lands on either process; each must see all 60 (+ the probe)
+            counts.add(
+                value(
+                    scrape(server.base_url),
+                    "argd_http_requests_total",
+                    route="/healthz",
+                    method="GET",
+                    status="200",
+                )
+            )
+    assert len(list(folder.glob("counter_*.db"))) == 2, "both processes counted"
+    assert len(counts) == 1 and counts.pop() >= 60
