@@ -51,18 +51,32 @@ def _seconds_between(session: Session, start: Any, end: Any) -> Any:
 def _histograms(
     session: Session, value: Any, labels: Sequence[Any], bounds: Sequence[float], where: Any, joined: Any
 ) -> list[Histogram]:
+    # The value is computed once per row in a materialised CTE: inlined, Postgres would evaluate it (a
+    # JSON extraction, a date difference) again in every bucket's CASE, three to five times slower.
+    rows = (
+        select(
+            *(func.coalesce(label, UNKNOWN).label(f"l{i}") for i, label in enumerate(labels)),
+            value.label("v"),
+        )
+        .select_from(joined)
+        .where(where)
+        .cte("observed")
+        .prefix_with("MATERIALIZED")
+    )
+    keys = [rows.c[f"l{i}"] for i in range(len(labels))]
+    v = rows.c.v
     columns = [
-        *(func.coalesce(label, UNKNOWN) for label in labels),
+        *keys,
         func.count(),
-        func.coalesce(func.sum(value), 0.0),
-        *(func.sum(case((value <= bound, 1), else_=0)) for bound in bounds),
+        func.coalesce(func.sum(v), 0.0),
+        *(func.sum(case((v <= bound, 1), else_=0)) for bound in bounds),
     ]
-    stmt = select(*columns).select_from(joined).where(where).group_by(*labels)
+    stmt = select(*columns).where(v.is_not(None)).group_by(*keys)
     out = []
     for row in session.execute(stmt):
-        names = tuple(str(v) for v in row[: len(labels)])
+        names = tuple(str(value) for value in row[: len(labels)])
         count, total = int(row[len(labels)]), float(row[len(labels) + 1])
-        cumulative = [int(v or 0) for v in row[len(labels) + 2 :]]
+        cumulative = [int(n or 0) for n in row[len(labels) + 2 :]]
         out.append(Histogram(names, list(zip(bounds, cumulative, strict=True)), count, total))
     return out
 
