@@ -145,7 +145,14 @@ def _referenced(
 
 def validate_inputs(session: Session, body: JobCreate, tenant_id: str, settings: Settings) -> None:
     """Every input exists for the tenant and fits the model; the teacher fits too; the webhook URL is
-    allowed."""
+    allowed; an MLflow export is only asked of a deployment that has a tracking server."""
+    if body.mlflow is not None and not settings.mlflow_tracking_uri:
+        raise InvalidJobRequest(
+            "mlflow_not_configured",
+            "mlflow: this deployment has no MLflow tracking server (the operator sets "
+            "ARGD_MLFLOW_TRACKING_URI); leave out the mlflow block",
+            details={"field": "mlflow"},
+        )
     model = _referenced(session, Model, body.model_id, tenant_id, "model_id")
     assert model is not None  # model_id is required
     spec = ModelSpec.model_validate(model.spec)
@@ -168,13 +175,6 @@ def validate_inputs(session: Session, body: JobCreate, tenant_id: str, settings:
                     f"teacher_model_id: the teacher's {attr} is {getattr(teacher_spec, attr)} but the "
                     f"model's is {getattr(spec, attr)}",
                 )
-    if body.mlflow is not None and not settings.mlflow_tracking_uri:
-        raise InvalidJobRequest(
-            "mlflow_not_configured",
-            "mlflow: this deployment has no MLflow tracking server (the operator sets "
-            "ARGD_MLFLOW_TRACKING_URI); leave out the mlflow block",
-            details={"field": "mlflow"},
-        )
     if body.webhook_url is not None:
         try:
             validate_webhook_url(body.webhook_url, settings)
