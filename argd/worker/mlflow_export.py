@@ -67,15 +67,22 @@ def safe_uri(uri: str) -> str:
 def export_job(settings: Settings, job: FinishedJob) -> ExportOutcome:
     """Export `job` to the deployment's tracking server; never raises for a tracking-side failure."""
     block = dict(job.options)
+    started = time.monotonic()
     try:
         client = _client(settings)
         block.update(_export(client, job, _history(settings, job.job_id)))
     except Exception as exc:
-        log.warning("job %s: MLflow export failed", job.job_id, exc_info=True)
         if isinstance(exc, _Partial):
             block.update(exc.done)
             exc = exc.cause
-        return ExportOutcome(block, [_warning(settings.mlflow_tracking_uri, exc, block.get("run_id"))])
+        warning = _warning(settings.mlflow_tracking_uri, exc, block.get("run_id"))
+        # The message without the URI's credentials; MLflow's own texts (in the traceback) carry them.
+        log.warning("job %s: %s", job.job_id, warning["message"])
+        log.debug("job %s: the MLflow export's error", job.job_id, exc_info=exc)
+        return ExportOutcome(block, [warning])
+    log.info(
+        "job %s exported to MLflow run %s in %.1f s", job.job_id, block["run_id"], time.monotonic() - started
+    )
     return ExportOutcome(block, [])
 
 

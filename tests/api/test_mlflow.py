@@ -118,7 +118,7 @@ def test_job_is_exported_with_metrics_artifacts_tags_and_a_version(
 
 
 def test_a_dead_tracking_server_leaves_the_job_succeeded_with_a_warning(
-    app_settings: Settings, tmp_path: Path
+    app_settings: Settings, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     dead = app_settings.model_copy(
         update={"mlflow_tracking_uri": f"http://user:secret@127.0.0.1:{free_port()}", "mlflow_timeout_s": 2}
@@ -131,6 +131,7 @@ def test_a_dead_tracking_server_leaves_the_job_succeeded_with_a_warning(
     message = job["warnings"][0]["message"]
     assert "127.0.0.1" in message and "secret" not in message and "succeeded" in message
     assert job["mlflow"]["run_id"] is None
+    assert "MLflow export" in caplog.text and "secret" not in caplog.text  # nor in the worker's log
 
 
 @pytest.fixture
