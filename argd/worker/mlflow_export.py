@@ -121,6 +121,8 @@ def _warning(uri: str, exc: BaseException, run_id: str | None) -> dict[str, str]
 
 def _client(settings: Settings) -> Any:
     """An MlflowClient on the deployment's server, with short timeouts and one retry."""
+    if not settings.mlflow_tracking_uri:  # MLflow would fall back to a local ./mlruns folder
+        raise RuntimeError("this worker has no ARGD_MLFLOW_TRACKING_URI (set it for the API and the workers)")
     os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(int(max(settings.mlflow_timeout_s, 1)))
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")

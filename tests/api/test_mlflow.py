@@ -169,3 +169,22 @@ def test_mlflow_on_a_deployment_without_a_server_is_422(
     body = {"model_id": inputs.model_id, "clean_dataset_id": inputs.clean_id, "mlflow": {"experiment": "e"}}
     problem = assert_problem(client.post("/v1/jobs", json=body), 422, "mlflow_not_configured")
     assert "ARGD_MLFLOW_TRACKING_URI" in problem["detail"]
+
+
+def test_a_worker_without_the_tracking_uri_warns_instead_of_writing_locally(
+    tracked: Settings, app_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # where MLflow's default local store would appear
+    inputs = upload_inputs(tracked, tmp_path, images=32)
+    with _client_for(tracked, inputs) as client:  # the API has the URI; the worker below does not
+        body = {
+            "model_id": inputs.model_id,
+            "clean_dataset_id": inputs.clean_id,
+            "test_dataset_id": inputs.test_id,
+        }
+        job_id = client.post("/v1/jobs", json={**body, "params": PARAMS, "mlflow": {}}).json()["id"]
+        assert run_job_attempt(job_id, app_settings) == "succeeded"
+        job = client.get(f"/v1/jobs/{job_id}").json()
+    assert [w["code"] for w in job["warnings"]] == ["mlflow_export_failed"]
+    assert "ARGD_MLFLOW_TRACKING_URI" in job["warnings"][0]["message"]
+    assert not (tmp_path / "mlruns").exists()
