@@ -23,7 +23,9 @@ RUN pip install "${TORCH_SPEC}" --index-url "${TORCH_INDEX_URL}"
 
 WORKDIR /opt/argd
 COPY . .
-RUN pip install -e ".[s3]" \
+# The [s3] extra is the S3-compatible artifact store; [mlflow] is MLflow's REST client, for the optional
+# export of jobs (README, MLflow).
+RUN pip install -e ".[s3,mlflow]" \
     && python -c "import argd.cli.main, torch; print('argd image: torch', torch.__version__, 'cuda', torch.version.cuda)"
 
 USER argd

@@ -256,8 +256,12 @@ class ArgdClient:
         params: Mapping[str, Any] | None = None,
         webhook_url: str | None = None,
         idempotency_key: str | None = None,
+        mlflow: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """`POST /v1/jobs`: queue a cleanse; fields left as None take the server's defaults."""
+        """`POST /v1/jobs`: queue a cleanse; fields left as None take the server's defaults.
+
+        `mlflow` ({"experiment", "run_name", "registered_model"}) exports the finished job to the
+        deployment's MLflow server."""
         body: dict[str, Any] = {"model_id": model_id, "clean_dataset_id": clean_dataset_id}
         optional = {
             "test_dataset_id": test_dataset_id,
@@ -267,6 +271,7 @@ class ArgdClient:
             "method": method,
             "params": dict(params) if params else None,
             "webhook_url": webhook_url,
+            "mlflow": dict(mlflow) if mlflow is not None else None,
         }
         body.update({k: v for k, v in optional.items() if v is not None})
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None

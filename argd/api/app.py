@@ -19,7 +19,8 @@ from argd import __version__
 from argd.api import console
 from argd.api.errors import document_problems, install_error_handlers
 from argd.api.limits import BodySizeLimit
-from argd.api.routes import catalog, datasets, health, jobs, models, webhooks
+from argd.api.metrics import HttpMetrics, build_registry, start_metrics_port
+from argd.api.routes import catalog, datasets, health, jobs, metrics, models, webhooks
 from argd.api.throttle import FailedAuthThrottle
 from argd.persistence.db import get_sessionmaker
 from argd.persistence.settings import Settings, get_settings
@@ -63,6 +64,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.sessionmaker = get_sessionmaker(settings)
     app.state.store = get_store(settings)
     app.state.auth_throttle = FailedAuthThrottle(settings.auth_failure_limit, settings.auth_failure_window_s)
+    app.state.metrics_registry = build_registry(settings, app.state.sessionmaker)
     install_error_handlers(app)
     # Only the upload routes may receive big bodies; they stream them to disk under their own limit.
     app.add_middleware(BodySizeLimit, exempt=[("POST", "/v1/models"), ("POST", "/v1/datasets")])
@@ -75,7 +77,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             expose_headers=["Location"],
         )
     app.add_middleware(console.SecurityHeaders)
-    for module in (models, datasets, jobs, catalog, webhooks, health, console):
+    app.add_middleware(HttpMetrics)  # outermost: every answer is counted, refusals included
+    for module in (models, datasets, jobs, catalog, webhooks, health, metrics, console):
         app.include_router(module.router)
     _customize_openapi(app)
     return app
@@ -86,13 +89,19 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     """At startup, delete the temporary upload files a crashed predecessor left (argd.persistence.tempfiles).
 
     It runs when the server starts, not in `create_app`, so that building an app (tests, the OpenAPI export)
-    touches no files. A failed sweep is logged and does not stop the API from starting.
+    touches no files. A failed sweep is logged and does not stop the API from starting. The separate
+    metrics port (ARGD_METRICS_PORT), when set, is served for the app's lifetime.
     """
     try:
         await anyio.to_thread.run_sync(sweep_stale_temp_files, app.state.settings)
     except Exception:
         log.exception("sweeping stale temporary upload files failed")
-    yield
+    stop_metrics = start_metrics_port(app.state.settings, app.state.metrics_registry)
+    try:
+        yield
+    finally:
+        if stop_metrics is not None:
+            stop_metrics()
 
 
 def _customize_openapi(app: FastAPI) -> None:

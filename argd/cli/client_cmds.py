@@ -80,6 +80,12 @@ def register(commands: argparse._SubParsersAction[ArgumentParser]) -> None:
     hp.add_argument("--seed", type=int)
     hp.add_argument("--webhook-url", help="https URL called when the job finishes")
     hp.add_argument("--idempotency-key", help="retrying with the same key never creates a second job")
+    tracking = s.add_argument_group("MLflow export (the server needs ARGD_MLFLOW_TRACKING_URI)")
+    tracking.add_argument("--mlflow-experiment", help="export the finished job to this MLflow experiment")
+    tracking.add_argument("--mlflow-run-name", help="name of the MLflow run (default: argd-<job id>)")
+    tracking.add_argument(
+        "--mlflow-register", metavar="NAME", help="register the cleansed model as a version of NAME"
+    )
     follow = s.add_argument_group("follow")
     follow.add_argument("--wait", action="store_true", help="follow the job until it finishes")
     follow.add_argument("--download", type=Path, metavar="DIR", help="with --wait: save the result into DIR")
@@ -170,6 +176,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
             params=params,
             webhook_url=args.webhook_url,
             idempotency_key=args.idempotency_key,
+            mlflow=mlflow_block(args),
         )
         info(f"job {job['id']} {job.get('status', 'queued')}", quiet)
         if not args.wait:
@@ -185,6 +192,17 @@ def cmd_submit(args: argparse.Namespace) -> int:
         if args.download:
             save_result(client, job["id"], args.download, with_report=True, quiet=quiet)
     return EXIT_OK
+
+
+def mlflow_block(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The job's `mlflow` block from the --mlflow-* flags; None when none is given (no export)."""
+    fields = {
+        "experiment": args.mlflow_experiment,
+        "run_name": args.mlflow_run_name,
+        "registered_model": args.mlflow_register,
+    }
+    given = {key: value for key, value in fields.items() if value is not None}
+    return given or None
 
 
 def submit_params(args: argparse.Namespace) -> dict[str, Any] | None:
@@ -312,6 +330,12 @@ def show_job(job: dict[str, Any], as_json: bool) -> None:
     error = job.get("error")
     if error:
         print(f"error {error.get('code')}: {error.get('message')}", file=sys.stderr)
+    for warning in job.get("warnings") or []:
+        print(f"warning {warning.get('code')}: {warning.get('message')}", file=sys.stderr)
+    tracked = job.get("mlflow") or {}
+    if tracked.get("run_id"):
+        version = f", model version {tracked['model_version']}" if tracked.get("model_version") else ""
+        print(f"MLflow run {tracked['run_id']} in experiment {tracked.get('experiment')}{version}")
     metrics = job.get("metrics") or {}
     if any(metrics.get(phase) for phase in ("before", "teacher", "after")):
         print(summary_table(metrics))

@@ -456,7 +456,7 @@ class Trainer:
                 self.best is None or val_acc > self.best["val_acc"]
             ):
                 self.best = {"epoch": epoch + 1, "val_acc": val_acc, "model": cpu_state(self.model)}
-        record["seconds"] = time.perf_counter() - started
+        record["seconds"] = metrics["seconds"] = time.perf_counter() - started
         self.history.append(record)
         self.epoch = epoch + 1
         if self.progress is not None:

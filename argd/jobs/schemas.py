@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import TYPE_CHECKING, Annotated, Any, Literal, get_args
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from argd.core.params import CleanseParams, Method
 from argd.jobs.status import JobPhase, JobStatus
@@ -23,8 +23,11 @@ __all__ = [
     "JobPhase",
     "JobStatus",
     "JobSummary",
+    "JobWarning",
     "Method",
     "Metrics",
+    "MlflowExport",
+    "MlflowOptions",
     "PhaseMetrics",
     "Progress",
     "StatusName",
@@ -78,6 +81,54 @@ class JobError(BaseModel):
     message: str
 
 
+class JobWarning(BaseModel):
+    """Something that went wrong beside the job without failing it (e.g. the MLflow export)."""
+
+    code: str = Field(description="Stable code, e.g. mlflow_export_failed")
+    message: str
+
+
+# MLflow names: printable, no control characters; experiments may be paths ("/team/argd").
+ExperimentName = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=256, pattern=r"^[A-Za-z0-9_./ -]+$", strip_whitespace=True),
+]
+RunName = Annotated[str, StringConstraints(min_length=1, max_length=250, pattern=r"^[^\x00-\x1f\x7f]+$")]
+RegisteredModelName = Annotated[
+    str, StringConstraints(min_length=1, max_length=256, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+]
+
+
+class MlflowOptions(BaseModel):
+    """Export the finished job to the deployment's MLflow tracking server (ARGD_MLFLOW_TRACKING_URI)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    experiment: ExperimentName = Field(
+        default="argd", description="MLflow experiment (created when missing); letters, digits, _ . / - space"
+    )
+    run_name: RunName | None = Field(
+        default=None, description="Name of the MLflow run (default: argd-<job id>)"
+    )
+    registered_model: RegisteredModelName | None = Field(
+        default=None,
+        description="Register the cleansed model as a new version of this registered model (created when "
+        "missing); unset: no registration",
+    )
+
+
+class MlflowExport(MlflowOptions):
+    """The job's MLflow options and, once the worker exported it, where the run is."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    run_id: str | None = Field(
+        default=None, description="The MLflow run (null until exported or if it failed)"
+    )
+    experiment_id: str | None = None
+    model_version: str | None = Field(default=None, description="Version registered for this job, if any")
+
+
 class HistoryEntry(BaseModel):
     """One finished epoch of a phase, as the worker recorded it."""
 
@@ -111,6 +162,10 @@ class JobSummary(BaseModel):
     cancel_requested: bool = False
     attempts: int = Field(0, description="Attempts started (more than 1 after a worker was lost)")
     result_sha256: str | None = Field(default=None, description="SHA-256 of the cleansed .safetensors")
+    mlflow: MlflowExport | None = Field(default=None, description="The MLflow export asked for, and its run")
+    warnings: list[JobWarning] = Field(
+        default_factory=list, description="Problems that did not fail the job (e.g. the MLflow export)"
+    )
     created_at: datetime
     started_at: datetime | None = None
     finished_at: datetime | None = None
@@ -144,6 +199,11 @@ class JobCreate(BaseModel):
     )
     webhook_url: str | None = Field(
         default=None, max_length=2048, description="Called (signed) when the job reaches a final status"
+    )
+    mlflow: MlflowOptions | None = Field(
+        default=None,
+        description="Export the run (parameters, per-epoch metrics, results, report, cleansed weights) to "
+        "the deployment's MLflow server; 422 when the deployment has none",
     )
 
     @model_validator(mode="after")

@@ -145,7 +145,14 @@ def _referenced(
 
 def validate_inputs(session: Session, body: JobCreate, tenant_id: str, settings: Settings) -> None:
     """Every input exists for the tenant and fits the model; the teacher fits too; the webhook URL is
-    allowed."""
+    allowed; an MLflow export is only asked of a deployment that has a tracking server."""
+    if body.mlflow is not None and not settings.mlflow_tracking_uri:
+        raise InvalidJobRequest(
+            "mlflow_not_configured",
+            "mlflow: this deployment has no MLflow tracking server (the operator sets "
+            "ARGD_MLFLOW_TRACKING_URI); leave out the mlflow block",
+            details={"field": "mlflow"},
+        )
     model = _referenced(session, Model, body.model_id, tenant_id, "model_id")
     assert model is not None  # model_id is required
     spec = ModelSpec.model_validate(model.spec)
@@ -230,6 +237,8 @@ def create(
         raise _key_reused(exc) from exc
     if not created:  # a concurrent request with the same key and body won the race
         return Submission(job, replayed=True)
+    if body.mlflow is not None:
+        job.mlflow = body.mlflow.model_dump(mode="json")
     session.commit()
     try:
         queue.enqueue(job.id)

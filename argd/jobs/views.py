@@ -10,7 +10,17 @@ import hashlib
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, get_args
 
-from argd.jobs.schemas import HistoryEntry, JobError, JobOut, JobPhase, JobSummary, Metrics, Progress
+from argd.jobs.schemas import (
+    HistoryEntry,
+    JobError,
+    JobOut,
+    JobPhase,
+    JobSummary,
+    JobWarning,
+    Metrics,
+    MlflowExport,
+    Progress,
+)
 
 if TYPE_CHECKING:
     from argd.persistence.models import Job, JobEvent
@@ -61,6 +71,8 @@ def _summary_fields(job: Job) -> dict[str, Any]:
         "cancel_requested": job.cancel_requested,
         "attempts": job.attempts,
         "result_sha256": job.result_model_sha256,
+        "mlflow": MlflowExport.model_validate(job.mlflow) if job.mlflow else None,
+        "warnings": [JobWarning.model_validate(item) for item in job.warnings or []],
         "created_at": job.created_at,
         "started_at": job.started_at,
         "finished_at": job.finished_at,

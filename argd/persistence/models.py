@@ -218,6 +218,13 @@ class Job(Base):
     webhook_status: Mapped[str | None] = mapped_column(
         String(16), doc="None without a URL; pending, delivering, delivered or failed"
     )
+    device: Mapped[str | None] = mapped_column(String(16), doc="device type of the last attempt: cpu, cuda")
+    mlflow: Mapped[dict[str, Any] | None] = mapped_column(
+        doc="the request's MLflow export options, and the run (run_id, model_version) once exported"
+    )
+    warnings: Mapped[list[Any] | None] = mapped_column(
+        JSONType, doc="[{code, message}]: what went wrong beside the job without failing it"
+    )
 
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None]
@@ -267,3 +274,14 @@ class WebhookDelivery(Base):
     succeeded: Mapped[bool] = mapped_column(Boolean, default=False)
     duration_ms: Mapped[float | None] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class WorkerHeartbeat(Base):
+    """A running worker's last sign of life (argd.worker.presence), for the metrics scrape."""
+
+    __tablename__ = "worker_heartbeats"
+
+    name: Mapped[str] = mapped_column(String(255), primary_key=True, doc="the Celery worker's hostname")
+    queue: Mapped[str] = mapped_column(String(64))
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_seen_at: Mapped[datetime] = mapped_column(default=utcnow)

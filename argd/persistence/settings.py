@@ -141,10 +141,52 @@ class Settings(ArtifactStoreSettings):
         default_factory=list, description="Origins allowed to call the API from a browser (JSON list)"
     )
 
+    # Integrations (README, "MLflow" and "Prometheus"): off unless the operator sets them.
+    mlflow_tracking_uri: str = Field(
+        "",
+        max_length=2048,
+        description="MLflow tracking server (http(s)://host:port) that jobs with an `mlflow` block export "
+        "to; empty: such jobs are refused with 422. Credentials come from MLflow's own MLFLOW_TRACKING_* "
+        "variables in the workers' environment",
+    )
+    mlflow_timeout_s: float = Field(
+        30.0, gt=0, le=600, description="Timeout of one request to the MLflow server (each is tried twice)"
+    )
+    metrics_token: SecretStr | None = Field(
+        None,
+        description="Operator token for GET /metrics on the API port (Authorization: Bearer <token>); "
+        "unset: /metrics on the API port answers 404",
+    )
+    metrics_port: int | None = Field(
+        None,
+        ge=1,
+        le=65535,
+        description="Serve the Prometheus metrics on this separate port as well (no token; bind it where "
+        "only the scraper reaches); unset: no separate port",
+    )
+    metrics_host: str = Field("0.0.0.0", description="Address the separate metrics port binds to")
+
     @field_validator("data_dir")
     @classmethod
     def _absolute_data_dir(cls, value: Path) -> Path:
         return value.expanduser().absolute()
+
+    @field_validator("metrics_token")
+    @classmethod
+    def _check_metrics_token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value():
+            return None
+        if len(value.get_secret_value()) < 16:
+            raise ValueError("metrics_token must be at least 16 characters")
+        return value
+
+    @field_validator("mlflow_tracking_uri")
+    @classmethod
+    def _check_mlflow_uri(cls, value: str) -> str:
+        value = value.strip()
+        if value and not value.startswith(("http://", "https://")):
+            raise ValueError("mlflow_tracking_uri must be an http:// or https:// URL of an MLflow server")
+        return value
 
     @field_validator("webhook_secret")
     @classmethod

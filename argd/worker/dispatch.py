@@ -39,3 +39,19 @@ class CeleryQueue:
 
     def notify_finished(self, job_id: str) -> None:
         notify_finished(job_id, self.settings)
+
+
+def queue_depth(settings: Settings | None = None, timeout_s: float = 3.0) -> int:
+    """Messages waiting in the job queue (jobs and webhook deliveries) on the broker, for the metrics.
+
+    kombu's virtual transports (Redis, the filesystem broker) count their own messages (`_size`: LLEN over
+    the priority lists, or the files); a passive declare would miss a Redis queue under a key prefix.
+    """
+    settings = settings or get_settings()
+    with get_celery(settings).connection_for_read(connect_timeout=timeout_s) as connection:
+        connection.ensure_connection(max_retries=1, timeout=timeout_s)
+        channel = connection.default_channel
+        size = getattr(channel, "_size", None)
+        if size is not None:
+            return int(size(settings.queue))
+        return int(channel.queue_declare(queue=settings.queue, passive=True).message_count)

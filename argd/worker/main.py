@@ -15,6 +15,7 @@ from celery import Celery
 
 from argd.persistence.settings import Settings, get_settings, use_settings
 from argd.worker.celery_app import get_celery
+from argd.worker.presence import PresenceStep
 from argd.worker.recovery import RecoveryStep
 
 
@@ -22,6 +23,7 @@ def worker_app(settings: Settings | None = None) -> Celery:
     """The process's Celery app for these settings, with the recovery timer among the worker's steps."""
     app = get_celery(settings)
     app.steps["worker"].add(RecoveryStep)  # a set: adding it again changes nothing
+    app.steps["worker"].add(PresenceStep)  # the heartbeat row the metrics scrape reads
     return app
 
 

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 from celery.exceptions import SoftTimeLimitExceeded
 
 from argd.jobs.service import announce_end
-from argd.persistence import jobs
+from argd.persistence import job_notes, jobs
 from argd.persistence.artifacts import (
     STORAGE_FULL_MESSAGE,
     ArtifactStore,
@@ -37,6 +37,7 @@ from argd.persistence.settings import Settings, get_settings
 from argd.persistence.stores import get_store
 from argd.worker.cache import input_fetcher
 from argd.worker.dispatch import CeleryQueue, enqueue_job
+from argd.worker.mlflow_export import FinishedJob, export_job
 
 if TYPE_CHECKING:  # the engine (torch) is loaded only when an attempt runs
     from argd.core.data import ImageData
@@ -234,6 +235,7 @@ def _execute(
     """Run the engine for a claimed attempt and record its success (failures propagate)."""
     from argd.core.checkpoint import CheckpointError
     from argd.core.data import load_dataset
+    from argd.core.device import resolve_device
     from argd.core.params import CleanseParams
     from argd.core.pipeline import run_cleanse
     from argd.core.report import build_report
@@ -284,6 +286,8 @@ def _execute(
 
     clean, test, poisoned = (dataset(name) for name in ("clean", "test", "poisoned"))
     assert clean is not None  # every job has a clean subset (checked when it was created)
+    with session_scope(settings) as session:  # the `device` label of the metrics
+        job_notes.set_device(session, job.id, attempt, resolve_device(settings.device).type)
 
     def run() -> CleanseResult:
         return run_cleanse(
@@ -321,7 +325,27 @@ def _execute(
         device=settings.device,
         extra={"job_id": job.id, "attempts": attempt, "torch_threads": torch_threads()},
     )
-    report_blob = store.put_stream([json.dumps(report, indent=2, sort_keys=True).encode()])
+    report_bytes = json.dumps(report, indent=2, sort_keys=True).encode()
+    report_blob = store.put_stream([report_bytes])
+    if job.mlflow:
+        finished = FinishedJob(
+            job_id=job.id,
+            tenant_id=job.tenant_id,
+            options=job.mlflow,
+            params=params.model_dump(mode="json"),
+            target_label=job.target_label,
+            inputs={role: row.sha256 if row else None for role, row in vars(inputs).items()},
+            result_sha256=model_blob.sha256,
+            report_sha256=report_blob.sha256,
+            metrics=result.metrics,
+            report=report_bytes,
+            weights=output,
+        )
+        exported = export_job(settings, finished)
+        with session_scope(settings) as session:
+            job_notes.record_export(
+                session, job.id, attempt, mlflow=exported.mlflow, warnings=exported.warnings
+            )
     with session_scope(settings) as session:
         jobs.mark_succeeded(
             session,

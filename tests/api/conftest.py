@@ -21,6 +21,7 @@ from argd.persistence.db import get_sessionmaker
 from argd.persistence.models import Dataset, Job, Model, Tenant
 from argd.persistence.settings import Settings
 from tests.fixtures.database import *  # noqa: F403
+from tests.fixtures.mlflow_server import *  # noqa: F403
 from tests.fixtures.s3 import *  # noqa: F403
 from tests.fixtures.server import *  # noqa: F403
 from tests.fixtures.server import make_api_key

@@ -21,9 +21,9 @@ from argd.persistence.models import Job, WebhookDelivery
 from argd.persistence.settings import Settings
 from argd.worker.dispatch import enqueue_job
 from argd.worker.webhooks import backoff_s
+from tests.fixtures.receiver import Answer, receiving, refusing_url
 from tests.fixtures.worker import WorkerProcess
 from tests.worker.helpers import Uploaded, submit, upload_inputs, wait_for
-from tests.worker.receiver import Answer, receiving, refusing_url
 
 pytestmark = pytest.mark.service
 

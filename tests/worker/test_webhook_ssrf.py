@@ -16,7 +16,7 @@ import pytest
 from argd.jobs.webhooks import WebhookUrlError, check_address, tenant_webhook_secret
 from argd.persistence.settings import Settings
 from argd.worker.webhooks import AttemptResult, ConnectionRefusedByPolicy, GuardedBackend, post_signed
-from tests.worker.receiver import Answer, receiving
+from tests.fixtures.receiver import Answer, receiving
 
 STRICT = Settings(webhook_secret="whsec_" + "c2VjcmV0LXNlY3JldC1zZWNyZXQ=")
 LOOPBACK_OK = Settings(webhook_allow_http_loopback=True)

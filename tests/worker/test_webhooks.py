@@ -24,9 +24,9 @@ from argd.persistence.models import Tenant
 from argd.persistence.settings import Settings
 from argd.worker.dispatch import enqueue_job, notify_finished
 from argd.worker.webhooks import post_signed
+from tests.fixtures.receiver import Answer, Receiver, receiving
 from tests.fixtures.worker import WorkerProcess
 from tests.worker.helpers import finished, submit, upload_inputs, wait_for
-from tests.worker.receiver import Answer, Receiver, receiving
 
 STRICT = Settings(webhook_secret="whsec_" + "c2VjcmV0LXNlY3JldC1zZWNyZXQ=")
 LOOPBACK_OK = Settings(webhook_allow_http_loopback=True)
