@@ -34,6 +34,7 @@ GRID: dict[str, tuple[str, dict[str, Any]]] = {
     "edge-x4": ("edge weight x4", {"w_edge_scale": 4.0}),
     "emb-x4": ("embedding weight x4", {"w_emb_scale": 4.0}),
     "emb-frozen": ("embedding frozen at its random init", {"embedding_trainable": False}),
+    "teacher-lr-0.02": ("teacher peak lr 0.02 (cosine)", {"teacher_lr": 0.02}),
     "teacher-lr-0.05": ("teacher peak lr 0.05 (cosine)", {"teacher_lr": 0.05}),
     "teacher-lr-0.1": ("teacher peak lr 0.1 (cosine)", {"teacher_lr": 0.1}),
     "teacher-lr-0.1-e10": (

@@ -19,12 +19,13 @@ from sqlalchemy import func, select
 from argd.jobs.errors import QuotaExceeded
 from argd.jobs.quotas import check_upload
 from argd.persistence import migrate
-from argd.persistence.artifacts import get_store, register_artifact
+from argd.persistence.artifacts import register_artifact
 from argd.persistence.db import get_sessionmaker
 from argd.persistence.keys import get_or_create_tenant
 from argd.persistence.models import Dataset
 from argd.persistence.quotas import set_quotas, stored_bytes
 from argd.persistence.settings import Settings
+from argd.persistence.stores import get_store
 from tests.api import payloads
 from tests.api.conftest import TenantAccount
 from tests.fixtures.server import LiveServer

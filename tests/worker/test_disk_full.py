@@ -19,8 +19,9 @@ import torch
 
 from argd.core.checkpoint import save_checkpoint
 from argd.core.weights import save_weights
-from argd.persistence.artifacts import STORAGE_FULL_MESSAGE, get_store, is_storage_full
+from argd.persistence.artifacts import STORAGE_FULL_MESSAGE, is_storage_full
 from argd.persistence.settings import Settings
+from argd.persistence.stores import get_store
 from argd.worker.dispatch import enqueue_job
 from argd.worker.runner import classify_failure
 from tests.fixtures.disk import fill, small_tmpfs

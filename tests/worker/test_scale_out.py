@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -30,7 +31,7 @@ pytestmark = pytest.mark.service
 
 JOBS = 20
 SHORT = {"epochs": 1, "teacher_epochs": 0, "seed": 3}  # the uploaded model is the teacher
-LONG_EPOCHS = 5
+LONG_EPOCHS = 12  # long enough that the kill lands mid-job on a fast, idle machine too
 LONG = {"epochs": LONG_EPOCHS, "teacher_epochs": 1, "seed": 5}
 
 
@@ -90,7 +91,7 @@ def test_two_workers_share_only_the_services_and_take_over_a_killed_job(
             assert (host.input_cache_dir / inputs_sha(submitter, inputs.model_id)).is_file()
 
         # Failover: kill the worker running the long job once a checkpoint is in the store.
-        long_id = submit(submitter, upload_inputs(submitter, tmp_path, images=512), LONG)
+        long_id = submit(submitter, upload_inputs(submitter, tmp_path, images=1024), LONG)
         enqueue_job(long_id, submitter)
         job = wait_for(
             submitter,
@@ -99,9 +100,17 @@ def test_two_workers_share_only_the_services_and_take_over_a_killed_job(
             120,
             "the long job's first distillation checkpoint",
         )
+        # The worker replaces the checkpoint after every epoch and deletes the old object just after the
+        # commit, so a pointer read just before an epoch ends can name an object already gone: read again.
+        store = get_store(submitter)
+        for _ in range(20):
+            checkpoint = job.checkpoint_sha256
+            if job.status != "running" or (checkpoint and store.exists(checkpoint)):
+                break
+            time.sleep(0.1)
+            job = wait_for(submitter, long_id, lambda j: True, 5, "the long job")
         assert job.status == "running", "the long job ended before it could be interrupted"
-        checkpoint = job.checkpoint_sha256
-        assert checkpoint and get_store(submitter).exists(checkpoint), "the checkpoint is not in S3"
+        assert checkpoint and store.exists(checkpoint), "the checkpoint is not in S3"
         victim = next(n for n, w in enumerate(workers) if _pool_of(job.worker) in w.pool_pids())
         survivor = workers[1 - victim]
         workers[victim].kill()
