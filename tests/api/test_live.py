@@ -320,7 +320,11 @@ def test_live_problem_shape_and_auth(api_server: LiveServer) -> None:
         response = anonymous.get("/v1/jobs")
         assert_problem(response, 401, "unauthorized")
         assert response.headers["www-authenticate"].startswith("Bearer")
-        assert anonymous.get("/readyz").json()["checks"] == {"database": "ok", "broker": "ok"}
+        assert anonymous.get("/readyz").json()["checks"] == {
+            "database": "ok",
+            "broker": "ok",
+            "artifact_store": "ok",
+        }
     with api_server.client() as client:
         assert_problem(client.get("/v1/jobs/unknown"), 404, "not_found")
         response = client.post(

@@ -14,6 +14,7 @@ import re
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,7 +23,9 @@ from argd.persistence import jobs
 from argd.persistence.db import session_scope
 from argd.persistence.settings import Settings
 from argd.persistence.stores import get_store
+from argd.persistence.throwaway import throwaway_database
 from argd.worker.dispatch import enqueue_job
+from tests.fixtures.database import admin_url
 from tests.fixtures.s3 import S3Server, s3_configured
 from tests.fixtures.worker import WorkerProcess
 from tests.worker.helpers import finished, submit, upload_inputs, wait_for
@@ -45,12 +48,25 @@ def _pool_of(job_worker: str | None) -> int:
     return int(job_worker.rsplit(":", 1)[1])
 
 
+@pytest.fixture
+def own_database() -> Iterator[str]:
+    """A database of this test's own: the session's worker (local store) recovers lost jobs of the session
+    database, so it must not see these jobs, or it would take the killed worker's job for its own."""
+    with throwaway_database(admin_url(), "argd_scale") as url:
+        yield url
+
+
 def test_two_workers_share_only_the_services_and_take_over_a_killed_job(
-    service_settings: Settings, s3_server: S3Server, tmp_path: Path
+    service_settings: Settings, s3_server: S3Server, own_database: str, tmp_path: Path
 ) -> None:
     prefix = f"scale-{uuid.uuid4().hex[:8]}"
-    # Own queue: the session's worker (local store) must not take these jobs.
-    base = s3_configured(service_settings, s3_server, prefix, queue=f"scale-out-{uuid.uuid4().hex[:8]}")
+    # Own database and queue: the session's worker (local store) must not take these jobs.
+    base = s3_configured(
+        service_settings.model_copy(update={"database_url": own_database}),
+        s3_server,
+        prefix,
+        queue=f"scale-out-{uuid.uuid4().hex[:8]}",
+    )
     submitter = base.model_copy(update={"data_dir": tmp_path / "api-host"})
     hosts = [base.model_copy(update={"data_dir": tmp_path / f"gpu-host-{n}"}) for n in (1, 2)]
     workers = [WorkerProcess(h.to_env(), (tmp_path / f"logs-{n}")) for n, h in enumerate(hosts, 1)]
@@ -115,7 +131,7 @@ def test_two_workers_share_only_the_services_and_take_over_a_killed_job(
         survivor = workers[1 - victim]
         workers[victim].kill()
         done = wait_for(submitter, long_id, finished, 180, "the long job after its worker was killed")
-        assert done.status == "succeeded", (done.error_code, done.error_message)
+        assert done.status == "succeeded", (done.error_code, done.error_message, survivor.log_tail())
         assert done.attempts == 2 and _pool_of(done.worker) in survivor.pool_pids()
         assert f"job {long_id} attempt 2 resumes from checkpoint" in survivor.log_text()
         history = _events(submitter, long_id)
