@@ -34,13 +34,11 @@ from argd.persistence.settings import Settings
 MAX_SIZE_MIB = 8192
 
 
-@contextlib.contextmanager
-def _moto_server(log_path: Path) -> Iterator[str]:
-    """moto's S3 server in a subprocess on a free port; yields its endpoint URL."""
-    try:
-        import moto.server  # noqa: F401
-    except ImportError as exc:
-        raise RuntimeError("--store s3 without --s3-endpoint-url needs moto[server] (the dev extra)") from exc
+def spawn_moto_server(
+    log_path: Path, env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[bytes], str]:
+    """Start `python -m moto.server` on a free loopback port (its output to `log_path`) and wait until it
+    answers; returns the process and its endpoint URL. The benchmark and the test suite's S3 server use it."""
     import httpx
 
     port = free_port()
@@ -49,18 +47,31 @@ def _moto_server(log_path: Path) -> Iterator[str]:
             [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
             stdout=log,
             stderr=subprocess.STDOUT,
+            env=env,
         )
     endpoint = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            httpx.get(f"{endpoint}/moto-api/", timeout=1)
+            return process, endpoint
+        except httpx.HTTPError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                tail = log_path.read_text(errors="replace")[-3000:]
+                raise RuntimeError(f"moto's S3 server did not start (log {log_path}):\n{tail}") from None
+            time.sleep(0.1)
+
+
+@contextlib.contextmanager
+def _moto_server(log_path: Path) -> Iterator[str]:
+    """moto's S3 server in a subprocess on a free port; yields its endpoint URL."""
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                httpx.get(f"{endpoint}/moto-api/", timeout=1)
-                break
-            except httpx.HTTPError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"moto's S3 server did not start (log: {log_path})") from None
-                time.sleep(0.1)
+        import moto.server  # noqa: F401
+    except ImportError as exc:
+        raise RuntimeError("--store s3 without --s3-endpoint-url needs moto[server] (the dev extra)") from exc
+    process, endpoint = spawn_moto_server(log_path)
+    try:
         yield endpoint
     finally:
         process.terminate()

@@ -192,17 +192,21 @@ class LocalStagedUpload:
             self.abort()
 
 
-class LocalArtifactStore:
-    """Files under `root/sha256/ab/cd/<sha256>`, written through a staging folder and renamed into place."""
+class StoreBase:
+    """What the local and the S3 store share: uploads staged in a local file under `root` and committed by
+    the store's `_adopt` (a rename into place, or an upload to the bucket), and chunked reads from `open`."""
 
-    def __init__(self, root: Path):
-        self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
+    root: Path
 
-    def path_of(self, sha256: str) -> Path:
-        """Where the file with this hash lives (whether or not it exists)."""
-        check_sha256(sha256)
-        return self.root / "sha256" / sha256[:2] / sha256[2:4] / sha256
+    def _adopt(self, staged: Path, sha256: str) -> None:
+        raise NotImplementedError
+
+    def open(self, sha256: str) -> BinaryIO:
+        raise NotImplementedError
+
+    def iter_chunks(self, sha256: str, chunk_size: int = CHUNK_SIZE) -> Iterator[bytes]:
+        with self.open(sha256) as handle:
+            yield from iter(lambda: handle.read(chunk_size), b"")
 
     def stage(self, max_bytes: int | None = None) -> LocalStagedUpload:
         return LocalStagedUpload(self, max_bytes)
@@ -213,6 +217,19 @@ class LocalArtifactStore:
             for chunk in chunks:
                 upload.write(chunk)
             return upload.commit()
+
+
+class LocalArtifactStore(StoreBase):
+    """Files under `root/sha256/ab/cd/<sha256>`, written through a staging folder and renamed into place."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def path_of(self, sha256: str) -> Path:
+        """Where the file with this hash lives (whether or not it exists)."""
+        check_sha256(sha256)
+        return self.root / "sha256" / sha256[:2] / sha256[2:4] / sha256
 
     def put_file(self, path: Path) -> Blob:
         """Store a copy of a local file (read in chunks)."""
@@ -237,10 +254,6 @@ class LocalArtifactStore:
             return open(self.path_of(sha256), "rb")
         except FileNotFoundError as exc:
             raise ArtifactNotFound(f"no stored artifact {sha256}") from exc
-
-    def iter_chunks(self, sha256: str, chunk_size: int = CHUNK_SIZE) -> Iterator[bytes]:
-        with self.open(sha256) as handle:
-            yield from iter(lambda: handle.read(chunk_size), b"")
 
     def fetch(self, sha256: str, dest: Path) -> Path:
         """Copy the stored file to `dest` (atomically: a partial copy never appears under that name)."""

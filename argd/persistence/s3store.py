@@ -19,7 +19,7 @@ import contextlib
 import hashlib
 import os
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO, cast
 
@@ -27,7 +27,7 @@ from argd.persistence.artifacts import (
     CHUNK_SIZE,
     ArtifactNotFound,
     Blob,
-    LocalStagedUpload,
+    StoreBase,
     StoreUnavailable,
     check_sha256,
 )
@@ -89,7 +89,7 @@ def _error_code(exc: BaseException) -> str:
     return str(response.get("Error", {}).get("Code", ""))
 
 
-class S3ArtifactStore:
+class S3ArtifactStore(StoreBase):
     """Artifacts as objects in one bucket under a key prefix; staging and scratch on local disk."""
 
     def __init__(self, settings: Settings):
@@ -170,15 +170,6 @@ class S3ArtifactStore:
 
     # --- writing ----------------------------------------------------------------------------------------
 
-    def stage(self, max_bytes: int | None = None) -> LocalStagedUpload:
-        return LocalStagedUpload(self, max_bytes)
-
-    def put_stream(self, chunks: Iterable[bytes], max_bytes: int | None = None) -> Blob:
-        with self.stage(max_bytes) as upload:
-            for chunk in chunks:
-                upload.write(chunk)
-            return upload.commit()
-
     def put_file(self, path: Path) -> Blob:
         """Upload a local file under its sha256 (skipped when those bytes are stored already)."""
         digest = hashlib.sha256()
@@ -251,10 +242,6 @@ class S3ArtifactStore:
                 raise self._not_found(sha256) from None
             raise
         return cast(BinaryIO, _Body(answer["Body"], self))
-
-    def iter_chunks(self, sha256: str, chunk_size: int = CHUNK_SIZE) -> Iterator[bytes]:
-        with self.open(sha256) as handle:
-            yield from iter(lambda: handle.read(chunk_size), b"")
 
     def fetch(self, sha256: str, dest: Path) -> Path:
         """Download to `dest` (ranged parts in parallel, into a temporary name renamed at the end)."""

@@ -55,7 +55,8 @@ def _key(settings: Settings, sha: str) -> str:
     return f"{prefix}/sha256/{sha[:2]}/{sha[2:4]}/{sha}"
 
 
-def _succeeded_job(client: TestClient, settings: Settings, tmp_path: Path) -> tuple[dict, dict, dict]:
+def _queued_job(client: TestClient, tmp_path: Path) -> tuple[dict, dict, dict]:
+    """A fresh model and clean dataset uploaded, and a tiny job on them created (not run yet)."""
     model = upload(
         client,
         "/v1/models",
@@ -68,6 +69,11 @@ def _succeeded_job(client: TestClient, settings: Settings, tmp_path: Path) -> tu
     job = client.post(
         "/v1/jobs", json={"model_id": model["id"], "clean_dataset_id": clean["id"], "params": TINY}
     ).json()
+    return model, clean, job
+
+
+def _succeeded_job(client: TestClient, settings: Settings, tmp_path: Path) -> tuple[dict, dict, dict]:
+    model, clean, job = _queued_job(client, tmp_path)
     assert run_job_attempt(job["id"], settings) == "succeeded"
     return model, clean, client.get(f"/v1/jobs/{job['id']}").json()
 
@@ -143,18 +149,8 @@ def test_readyz_names_the_cause_of_a_broken_store(settings: Settings) -> None:
 def test_a_job_whose_store_is_down_fails_with_storage_unavailable(
     client: TestClient, settings: Settings, tmp_path: Path
 ) -> None:
-    model = upload(
-        client,
-        "/v1/models",
-        payloads.safetensors_bytes(payloads.state_dict(seed=_seed()), tmp_path),
-        "m.safetensors",
-        spec=payloads.spec_json(),
-    )
+    model, clean, job = _queued_job(client, tmp_path)
     x, y = payloads.images(32, seed=_seed())
-    clean = upload(client, "/v1/datasets", payloads.npz_bytes(x, y), "clean.npz")
-    job = client.post(
-        "/v1/jobs", json={"model_id": model["id"], "clean_dataset_id": clean["id"], "params": TINY}
-    ).json()
     down = settings.model_copy(
         update={
             "s3_endpoint_url": f"http://127.0.0.1:{free_port()}",
