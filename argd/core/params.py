@@ -132,7 +132,7 @@ class CleanseParams(BaseModel):
         ge=0,
         le=1e4,
         description="argd: weight of logit distillation from the uploaded model's own outputs on the clean "
-        "subset (it holds more clean accuracy than a teacher tuned on a few thousand images); 0 off",
+        "subset (more clean accuracy, but it brings global triggers back); 0 off",
     )
 
     # Teacher.

@@ -5,8 +5,8 @@ Each phase is a `Recipe` (`CleanseParams.recipe`) of the same small pieces:
 - `Distillation` from a frozen teacher: the ARG attention terms (`ARGLoss`: node, edge, embedding) and
   logit distillation; ARGD, NAD and plain fine-tuning differ only in the weights
   (`CleanseParams.effective_weights`); optionally also logit distillation from the frozen uploaded model's
-  own outputs on the clean subset, which holds more clean accuracy than a teacher tuned on a few thousand
-  images;
+  own outputs on the clean subset (more clean accuracy, but those outputs carry a global trigger's
+  response, so it is off by default: bench/RESULTS.md);
 - FST's head (`ShiftedHead`): a re-initialised classifier head pushed away from the uploaded one;
 - adaptive SAM steps (`AdaptiveSAM`) instead of plain SGD steps.
 The loop is built for small clean subsets on a GPU:
