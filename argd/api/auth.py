@@ -38,6 +38,18 @@ def _unauthorized(detail: str, *, invalid_token: bool) -> Problem:
     return Problem(401, "unauthorized", detail, headers={"WWW-Authenticate": challenge})
 
 
+def refuse_while_throttled(throttle: FailedAuthThrottle, client: str, what: str) -> None:
+    """429 (with Retry-After) while `client` is throttled for presenting too many invalid `what`."""
+    wait = throttle.retry_after(client)
+    if wait is not None:
+        raise Problem(
+            429,
+            "too_many_failed_authentications",
+            f"Too many invalid {what} from this client; try again in {wait} s",
+            headers={"Retry-After": str(wait)},
+        )
+
+
 def authenticate(
     credentials: HTTPAuthorizationCredentials | None,
     session: Session,
@@ -49,14 +61,7 @@ def authenticate(
     429 (with Retry-After) while `client` is throttled for presenting too many invalid keys."""
     if credentials is None:
         raise _unauthorized("Missing API key: send 'Authorization: Bearer <key>'", invalid_token=False)
-    wait = throttle.retry_after(client)
-    if wait is not None:
-        raise Problem(
-            429,
-            "too_many_failed_authentications",
-            f"Too many invalid API keys from this client; try again in {wait} s",
-            headers={"Retry-After": str(wait)},
-        )
+    refuse_while_throttled(throttle, client, "API keys")
     tenant = keys.authenticate(session, credentials.credentials, settings)
     if tenant is None:
         throttle.record_failure(client)

@@ -59,6 +59,16 @@ SessionDep = Annotated[Session, Depends(db_session)]
 QueueDep = Annotated[CeleryQueue, Depends(job_queue)]
 
 
+def auth_throttle(request: Request) -> FailedAuthThrottle:
+    """The app's throttle of failed authentication (one per API process)."""
+    return cast(FailedAuthThrottle, request.app.state.auth_throttle)
+
+
+def client_address(request: Request) -> str:
+    """The client's address as the throttle counts it ("unknown" when the server does not know it)."""
+    return request.client.host if request.client else "unknown"
+
+
 def current_principal(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
@@ -66,9 +76,7 @@ def current_principal(
     settings: SettingsDep,
 ) -> Principal:
     """The tenant of the bearer key, or a 401/429 problem (`argd.api.auth.authenticate`)."""
-    throttle = cast(FailedAuthThrottle, request.app.state.auth_throttle)
-    client = request.client.host if request.client else "unknown"
-    return authenticate(credentials, session, settings, throttle, client)
+    return authenticate(credentials, session, settings, auth_throttle(request), client_address(request))
 
 
 PrincipalDep = Annotated[Principal, Depends(current_principal)]

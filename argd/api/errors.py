@@ -215,16 +215,17 @@ async def _handle_refusal(request: Request, exc: Exception) -> JSONResponse:
     return problem_response(request, status, exc.code, exc.message, details=exc.details)
 
 
+def _retry_later(request: Request, code: str, what: str) -> JSONResponse:
+    """503 with Retry-After: a back end is down, and the same request may succeed shortly."""
+    return problem_response(
+        request, 503, code, f"{what}; try again shortly", headers={"Retry-After": str(DATABASE_RETRY_AFTER_S)}
+    )
+
+
 async def _handle_database_down(request: Request, exc: Exception) -> JSONResponse:
     """The database refused or dropped the connection: a 503 the client may retry, not a 500."""
     logger.warning("database unavailable on %s %s: %s", request.method, request.url.path, exc)
-    return problem_response(
-        request,
-        503,
-        "database_unavailable",
-        "The database is unreachable right now; try again shortly",
-        headers={"Retry-After": str(DATABASE_RETRY_AFTER_S)},
-    )
+    return _retry_later(request, "database_unavailable", "The database is unreachable right now")
 
 
 async def _handle_unstorable(request: Request, exc: Exception) -> JSONResponse:
@@ -248,13 +249,7 @@ async def _handle_os_error(request: Request, exc: Exception) -> JSONResponse:
 async def _handle_store_down(request: Request, exc: Exception) -> JSONResponse:
     """The object store refused or did not answer (after boto3's retries): 503, cause in the log only."""
     logger.error("artifact store unavailable on %s %s: %s", request.method, request.url.path, exc)
-    return problem_response(
-        request,
-        503,
-        "storage_unavailable",
-        "The artifact store is unavailable right now; try again shortly",
-        headers={"Retry-After": str(DATABASE_RETRY_AFTER_S)},
-    )
+    return _retry_later(request, "storage_unavailable", "The artifact store is unavailable right now")
 
 
 async def _handle_unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -205,42 +205,34 @@ class S3ArtifactStore(StoreBase):
         self.check()
         return ArtifactNotFound(f"no stored artifact {sha256}")
 
-    def exists(self, sha256: str) -> bool:
+    def _object(self, request: Any, sha256: str) -> dict[str, Any] | None:
+        """`request` (the client's head_object or get_object) on the object of `sha256`; None when there is
+        no such object (other failures raise StoreUnavailable)."""
         from botocore.exceptions import ClientError
 
         try:
             with self._errors():
-                self.client.head_object(Bucket=self.bucket, Key=self.key_of(sha256))
+                return cast(dict[str, Any], request(Bucket=self.bucket, Key=self.key_of(sha256)))
         except StoreUnavailable as exc:
             if isinstance(exc.__cause__, ClientError) and _error_code(exc.__cause__) in _MISSING:
-                return False
+                return None
             raise
-        return True
+
+    def exists(self, sha256: str) -> bool:
+        return self._object(self.client.head_object, sha256) is not None
 
     def size(self, sha256: str) -> int:
         """The stored object's size in bytes; ArtifactNotFound if there is none."""
-        from botocore.exceptions import ClientError
-
-        try:
-            with self._errors():
-                head = self.client.head_object(Bucket=self.bucket, Key=self.key_of(sha256))
-        except StoreUnavailable as exc:
-            if isinstance(exc.__cause__, ClientError) and _error_code(exc.__cause__) in _MISSING:
-                raise self._not_found(sha256) from None
-            raise
+        head = self._object(self.client.head_object, sha256)
+        if head is None:
+            raise self._not_found(sha256)
         return int(head["ContentLength"])
 
     def open(self, sha256: str) -> BinaryIO:
         """The object's body as a stream (read it in chunks; close it when done)."""
-        from botocore.exceptions import ClientError
-
-        try:
-            with self._errors():
-                answer = self.client.get_object(Bucket=self.bucket, Key=self.key_of(sha256))
-        except StoreUnavailable as exc:
-            if isinstance(exc.__cause__, ClientError) and _error_code(exc.__cause__) in _MISSING:
-                raise self._not_found(sha256) from None
-            raise
+        answer = self._object(self.client.get_object, sha256)
+        if answer is None:
+            raise self._not_found(sha256)
         return cast(BinaryIO, _Body(answer["Body"], self))
 
     def fetch(self, sha256: str, dest: Path) -> Path:

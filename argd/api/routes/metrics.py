@@ -14,11 +14,10 @@ from fastapi.security import HTTPAuthorizationCredentials
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from argd.api.auth import bearer_scheme
-from argd.api.deps import SettingsDep
+from argd.api.auth import bearer_scheme, refuse_while_throttled
+from argd.api.deps import SettingsDep, auth_throttle, client_address
 from argd.api.errors import Problem
 from argd.api.metrics import render
-from argd.api.throttle import FailedAuthThrottle
 
 router = APIRouter(include_in_schema=False)
 
@@ -34,16 +33,8 @@ async def metrics(
     """The Prometheus text format; 401 without the operator's token (an API key is not one)."""
     if settings.metrics_token is None:
         raise StarletteHTTPException(404)
-    throttle = cast(FailedAuthThrottle, request.app.state.auth_throttle)
-    client = request.client.host if request.client else "unknown"
-    wait = throttle.retry_after(client)
-    if wait is not None:
-        raise Problem(
-            429,
-            "too_many_failed_authentications",
-            f"Too many invalid tokens from this client; try again in {wait} s",
-            headers={"Retry-After": str(wait)},
-        )
+    throttle, client = auth_throttle(request), client_address(request)
+    refuse_while_throttled(throttle, client, "tokens")
     expected = settings.metrics_token.get_secret_value().encode()
     given = credentials.credentials.encode() if credentials is not None else b""
     if not hmac.compare_digest(given, expected):
