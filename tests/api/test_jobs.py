@@ -7,6 +7,7 @@ worker is in test_live.py.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -61,9 +62,16 @@ def inputs(client: TestClient, tmp_path: Path) -> Inputs:
 
 
 def set_status(settings: Settings, job_id: str, status: str) -> None:
-    """Move a job as a worker would have (the in-process tests have no worker)."""
+    """Move a job as a worker would have (the in-process tests have no worker).
+
+    A running job also gets a heartbeat an hour ahead: the session worker's recovery pass shares this
+    database, and would otherwise end a running job that never beat as lost.
+    """
+    values: dict[str, Any] = {"status": status}
+    if status == "running":
+        values["heartbeat_at"] = datetime.now(UTC) + timedelta(hours=1)
     with get_sessionmaker(settings)() as session:
-        session.execute(update(Job).where(Job.id == job_id).values(status=status))
+        session.execute(update(Job).where(Job.id == job_id).values(**values))
         session.commit()
 
 
