@@ -97,13 +97,10 @@ SEED_DEFENSES = ("argd", "fst", "ft-sam")
 PATCH_ATTACKS = ("badnets", "trojan", "cl")
 DEFAULT_ABLATIONS = ("no-attention", "no-logit", "keep-head", "no-edge")
 DEFAULT_ABLATION_ATTACKS = ("badnets", "blend")
-#: Fields of CleanseParams that determine the teacher (same values -> same teacher).
+#: Fields of CleanseParams that determine the teacher besides its recipe (same values -> same teacher).
 TEACHER_FIELDS = (
     "seed",
     "teacher",
-    "fst_alpha",
-    "sam_rho",
-    "label_smoothing",
     "batch_size",
     "teacher_epochs",
     "teacher_lr",
@@ -421,8 +418,11 @@ def defense_params(
     return params
 
 
-def _teacher_key(params: CleanseParams) -> str:
-    return json.dumps({f: getattr(params, f) for f in TEACHER_FIELDS}, sort_keys=True, default=str)
+def teacher_key(params: CleanseParams) -> str:
+    """The teacher's recipe and schedule: settings that only the student reads (e.g. `sam_rho` with an FST
+    teacher) share one teacher."""
+    fields = {f: getattr(params, f) for f in TEACHER_FIELDS}
+    return json.dumps({**fields, "recipe": asdict(params.recipe("teacher"))}, sort_keys=True, default=str)
 
 
 class TeacherCache:
@@ -438,17 +438,17 @@ class TeacherCache:
     def known_metrics(self, params: CleanseParams) -> dict[str, Any]:
         """What is already measured for a run with `params`: the backdoored model, and its teacher."""
         known = {"before": self.before} if self.before is not None else {}
-        teacher = self.metrics.get(_teacher_key(params)) if params.needs_teacher else None
+        teacher = self.metrics.get(teacher_key(params)) if params.needs_teacher else None
         return {**known, "teacher": teacher} if teacher is not None else known
 
     def remember(self, params: CleanseParams, metrics: dict[str, Any]) -> None:
         """Keep the teacher's measured metrics of a finished run for the next run that shares it."""
         if params.needs_teacher and metrics.get("teacher") is not None:
-            self.metrics[_teacher_key(params)] = metrics["teacher"]
+            self.metrics[teacher_key(params)] = metrics["teacher"]
 
     def get(self, params: CleanseParams, label: str) -> tuple[nn.Module, float, list[dict[str, Any]]]:
         """(teacher on CPU, seconds it took, its history); trained exactly as `run_cleanse` would."""
-        key = _teacher_key(params)
+        key = teacher_key(params)
         if key not in self.teachers:
             started = time.perf_counter()
             teacher = copy.deepcopy(self.model).to(self.device)

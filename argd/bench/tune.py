@@ -80,6 +80,19 @@ GRID: dict[str, tuple[str, dict[str, Any]]] = {
         "hinged student head, and logit distillation from the uploaded model too",
         {"student_fst_hinge": True, "w_uploaded_logit": 1.0},
     ),
+    "teacher-fst-sam": ("FST teacher tuned with adaptive SAM steps (rho 2)", {"teacher": "fst-sam"}),
+    "teacher-fst-sam-rho-0.5": (
+        "FST teacher tuned with adaptive SAM steps, rho 0.5",
+        {"teacher": "fst-sam", "sam_rho": 0.5},
+    ),
+    "student-sam-rho-0.5": (
+        "the student tuned with adaptive SAM steps, rho 0.5",
+        {"student_sam": True, "sam_rho": 0.5},
+    ),
+    "student-sam-rho-1": (
+        "the student tuned with adaptive SAM steps, rho 1",
+        {"student_sam": True, "sam_rho": 1.0},
+    ),
 }
 
 

@@ -30,7 +30,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 Method = Literal["argd", "nad", "finetune", "fst", "ft-sam"]
-TeacherSource = Literal["finetune", "fst", "sam", "uploaded"]
+TeacherSource = Literal["finetune", "fst", "sam", "fst-sam", "uploaded"]
 HeadMode = Literal["keep", "fst"]
 PRESETS = ("default", "reference")
 #: Weight decay of SGD phases that do not follow FST (FST's paper tunes without weight decay).
@@ -72,7 +72,8 @@ class CleanseParams(BaseModel):
     teacher: TeacherSource = Field(
         "fst",
         description="How argd and nad make their teacher: finetune (cross-entropy), fst (feature-shift "
-        "tuning), sam (adaptive SAM), uploaded (a teacher model given with the job)",
+        "tuning), sam (adaptive SAM), fst-sam (feature-shift tuning with adaptive SAM steps), uploaded (a "
+        "teacher model given with the job)",
     )
     seed: int = Field(
         0, ge=0, le=2**31 - 1, description="Seed of data split, shuffling, augmentation and init"
@@ -262,8 +263,8 @@ class CleanseParams(BaseModel):
         """The pieces phase "teacher" or "distill" (the student) is made of; see `Recipe`."""
         alpha, hinge = self.fst_alpha, False
         if phase == "teacher":
-            head: HeadMode = "fst" if self.teacher == "fst" else "keep"
-            sam, distil = self.teacher == "sam", False
+            head: HeadMode = "fst" if self.teacher in ("fst", "fst-sam") else "keep"
+            sam, distil = self.teacher in ("sam", "fst-sam"), False
         elif self.method == "fst":
             head, sam, distil = "fst", False, False
         elif self.method == "ft-sam":

@@ -16,8 +16,9 @@ import torch
 from argd.bench.attacks import QUICK_ATTACKS
 from argd.bench.backdoor import ATTACK_SETTINGS
 from argd.bench.cli import DEFAULT_DATA_ROOT, main
-from argd.bench.defense import ABLATIONS, DefenseConfig, clean_subset, defense_params
+from argd.bench.defense import ABLATIONS, DefenseConfig, clean_subset, defense_params, teacher_key
 from argd.core.data import ImageData, save_npz
+from argd.core.params import CleanseParams
 
 HAVE_FMNIST = (DEFAULT_DATA_ROOT / "train-images-idx3-ubyte.gz").is_file()
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -259,6 +260,17 @@ def test_ablation_overrides_apply_to_argd_params() -> None:
     ft = defense_params(config, "finetune", levels=3)
     assert set(ft.effective_weights().values()) == {0.0}
     assert (ft.lr, ft.lr_schedule, ft.epochs) == (base.lr, base.lr_schedule, base.epochs)
+
+
+def test_runs_share_a_teacher_only_when_its_recipe_and_schedule_agree() -> None:
+    base = CleanseParams()
+    # sam_rho and the student's pieces do not touch an FST teacher; its own SAM radius does.
+    assert teacher_key(base) == teacher_key(base.model_copy(update={"sam_rho": 0.5, "student_sam": True}))
+    assert teacher_key(base) == teacher_key(base.model_copy(update={"lr": 0.02, "w_edge": 1.0}))
+    fst_sam = base.model_copy(update={"teacher": "fst-sam"})
+    assert teacher_key(base) != teacher_key(fst_sam)
+    assert teacher_key(fst_sam) != teacher_key(fst_sam.model_copy(update={"sam_rho": 0.5}))
+    assert teacher_key(base) != teacher_key(base.model_copy(update={"teacher_epochs": 20}))
 
 
 def test_speed_quick_reports_every_method(tmp_path: Path) -> None:

@@ -30,7 +30,7 @@ def test_defaults_are_valid_and_json_friendly() -> None:
         ("batch_size", 1, "greater than or equal to 2"),
         ("val_fraction", 0.6, "less than or equal to 0.5"),
         ("method", "prune", "'argd', 'nad', 'finetune', 'fst' or 'ft-sam'"),
-        ("teacher", "random", "'finetune', 'fst', 'sam' or 'uploaded'"),
+        ("teacher", "random", "'finetune', 'fst', 'sam', 'fst-sam' or 'uploaded'"),
         ("student_head", "drop", "'keep' or 'fst'"),
         ("sam_rho", 0, "greater than 0"),
         ("amp", "fp8", "'auto', 'bf16', 'fp16' or 'off'"),

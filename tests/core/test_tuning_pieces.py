@@ -139,6 +139,8 @@ def test_ft_sam_takes_two_passes_per_step_with_label_smoothing() -> None:
 def test_teacher_recipes_follow_the_teacher_field() -> None:
     assert CleanseParams(teacher="fst").recipe("teacher").head == "fst"
     assert CleanseParams(teacher="sam").recipe("teacher").sam_rho == 2.0
+    both = CleanseParams(teacher="fst-sam", sam_rho=0.5).recipe("teacher")
+    assert (both.head, both.sam_rho, both.label_smoothing, both.weight_decay) == ("fst", 0.5, 0.1, 0.0)
     plain = CleanseParams(teacher="finetune").recipe("teacher")
     assert (plain.head, plain.sam_rho, plain.weight_decay) == ("keep", 0.0, 5e-4)
     student = CleanseParams(method="argd", student_head="fst", student_sam=True).recipe("distill")
