@@ -602,11 +602,13 @@ def target_checks(results: dict[str, Any]) -> list[dict[str, Any]]:
     weak = [a for a, r in attacks.items() if (r["backdoor"]["asr"] or 0) < 0.95]
     add("every backdoor ASR >= 95 %", not weak, "below: " + (", ".join(weak) or "none"))
     if clean_acc is not None:
-        far = [a for a, r in attacks.items() if clean_acc - (r["backdoor"]["acc"] or 0) > 0.02]
+        own = {a: (r.get("clean_model") or {}).get("acc", clean_acc) for a, r in attacks.items()}
+        far = [a for a, r in attacks.items() if own[a] - (r["backdoor"]["acc"] or 0) > 0.02]
         add(
             "every backdoored ACC within 2 points of the clean model",
             not far,
-            f"clean {pct(clean_acc)}; outside: " + (", ".join(far) or "none"),
+            f"clean {'/'.join(pct(v) for v in dict.fromkeys(own.values()))}; outside: "
+            + (", ".join(far) or "none"),
         )
     erased = [
         a
@@ -722,10 +724,14 @@ def merge_defense_reports(parts: Sequence[Path], out: Path) -> dict[str, Path]:
             differ = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
             raise InvalidInput(f"{part} was run with other settings ({', '.join(differ)}); cannot merge")
     merged: dict[str, Any] = {**first, "attacks": {}, "ablations": {}}
+    # Parts run on other machines train their own clean model and victims: each row then keeps its own.
+    clean_accs = {(r.get("clean_model") or {}).get("acc") for r in loaded}
     for result in loaded:
         for attack, row in result["attacks"].items():
             if attack in merged["attacks"]:
                 raise InvalidInput(f"row {attack} appears in more than one part")
+            if len(clean_accs) > 1 and result.get("clean_model"):
+                row = {**row, "clean_model": result["clean_model"]}
             merged["attacks"][attack] = row
         for name, variant in (result.get("ablations") or {}).items():
             entry = merged["ablations"].setdefault(name, {**variant, "attacks": {}})

@@ -86,9 +86,7 @@ def defense_markdown(results: dict[str, Any]) -> str:
     mean_cells.append(_pct(summary.get("argd", {}).get("der")))
     lines.append("| " + " | ".join(mean_cells) + " |")
     text = "Cells are clean ACC / ASR in %.\n\n" + "\n".join(lines) + "\n"
-    clean = results.get("clean_model")
-    if clean:
-        text += f"\nClean model (no backdoor): ACC {_pct(clean.get('acc'))} %.\n"
+    text += clean_model_line(results)
     if any("retune_floor" in row for row in results["attacks"].values()):
         text += "\n" + retune_markdown(results)
     if any(row.get("seeds") for row in results["attacks"].values()):
@@ -109,6 +107,23 @@ def defense_markdown(results: dict[str, Any]) -> str:
 def _table(head: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows]) + "\n"
+
+
+def clean_model_line(results: dict[str, Any]) -> str:
+    """The clean model's ACC; one per group of rows when merged parts trained their own."""
+    clean = results.get("clean_model")
+    if not clean:
+        return ""
+    groups: dict[float | None, list[str]] = {}
+    for attack, row in results["attacks"].items():
+        groups.setdefault((row.get("clean_model") or clean).get("acc"), []).append(attack)
+    if len(groups) <= 1:
+        return f"\nClean model (no backdoor): ACC {_pct(clean.get('acc'))} %.\n"
+    parts = [f"{_pct(acc)} % (rows {', '.join(rows)})" for acc, rows in groups.items()]
+    return (
+        "\nClean model (no backdoor): ACC " + "; ".join(parts) + ". The rows come from parts run on "
+        "different machines, each with its own clean model and victims.\n"
+    )
 
 
 def retune_markdown(results: dict[str, Any]) -> str:

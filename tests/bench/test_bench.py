@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -211,6 +212,38 @@ def test_merge_reads_old_results_with_the_british_keys(tmp_path: Path) -> None:
         assert "defences" not in row and row["defenses"] == old["attacks"][name]["defences"]
     assert merged["summary"]["argd"]["asr"] == pytest.approx(old["summary"]["argd"]["asr"])
     assert "| ARGD |" in markdown and "| wanet |" in markdown
+
+
+def test_merge_keeps_each_parts_clean_model_when_they_differ(tmp_path: Path) -> None:
+    """Parts run on two machines trained two clean models: each row keeps its own, and the report says so."""
+    earlier = json.loads((Path(__file__).resolve().parents[2] / "bench/results/defense.json").read_text())
+    rows = list(earlier["attacks"])
+
+    def rows_of(names: list[str]) -> dict[str, Any]:
+        return {n: {k: v for k, v in earlier["attacks"][n].items() if k != "clean_model"} for n in names}
+
+    parts = [tmp_path / "a", tmp_path / "b"]
+    for part, names, acc in zip(parts, (rows[:2], rows[2:]), (0.9056, 0.9092), strict=True):
+        part.mkdir()
+        piece = {
+            **earlier,
+            "attacks": rows_of(names),
+            "clean_model": {**earlier["clean_model"], "acc": acc},
+        }
+        (part / "defense.json").write_text(json.dumps(piece))
+    assert main(["merge", *map(str, parts), "--out", str(tmp_path / "merged")]) == 0
+    markdown, merged = _read(tmp_path / "merged")
+    assert [merged["attacks"][name]["clean_model"]["acc"] for name in rows[:3]] == [0.9056, 0.9056, 0.9092]
+    assert f"90.56 % (rows {', '.join(rows[:2])}); 90.92 % (rows {', '.join(rows[2:])})" in markdown
+    check = next(c for c in merged["checks"] if c["name"].startswith("every backdoored ACC"))
+    assert check["detail"].startswith("clean 90.56/90.92;")
+    # Parts that share one clean model merge as before: no per-row copy.
+    (parts[1] / "defense.json").write_text(json.dumps({**earlier, "attacks": rows_of(rows[2:])}))
+    (parts[0] / "defense.json").write_text(json.dumps({**earlier, "attacks": rows_of(rows[:2])}))
+    assert main(["merge", *map(str, parts), "--out", str(tmp_path / "same")]) == 0
+    markdown, merged = _read(tmp_path / "same")
+    assert not any("clean_model" in row for row in merged["attacks"].values())
+    assert "Clean model (no backdoor): ACC 90.56 %." in markdown
 
 
 BAD_ARGUMENTS = [
