@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from argd.bench.defense import DefenseConfig, run_defense_benchmark
+from argd.bench.defense import ABLATIONS, DefenseConfig, run_defense_benchmark
 from argd.bench.report import summarise, write_json
 
 #: name -> (what it tests, CleanseParams overrides). "default" is the preset as it stands.
@@ -52,6 +52,7 @@ GRID: dict[str, tuple[str, dict[str, Any]]] = {
     "teacher-finetune": ("teacher fine-tuned with cross-entropy, not FST", {"teacher": "finetune"}),
     "keep-head": ("student keeps the uploaded head (no FST head term)", {"student_head": "keep"}),
     "no-logit": ("no logit distillation", {"w_logit": 0.0}),
+    "no-attention": ABLATIONS["no-attention"],
     "keep-head-no-logit": (
         "student keeps its head, no logit distillation (ARG terms alone on an FST teacher)",
         {"student_head": "keep", "w_logit": 0.0},
