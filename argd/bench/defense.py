@@ -690,14 +690,22 @@ _OLD_KEYS = {"defences": "defenses", "seed_defences": "seed_defenses"}
 
 
 def _with_current_keys(results: dict[str, Any]) -> dict[str, Any]:
-    """A loaded `defense.json` with the keys of older files renamed, so old and new files read alike."""
+    """A loaded `defense.json` with the keys of older files renamed and its parameters completed, so old and
+    new files read alike."""
 
     def renamed(mapping: dict[str, Any]) -> dict[str, Any]:
         return {_OLD_KEYS.get(key, key): value for key, value in mapping.items()}
 
+    # A CleanseParams field added later defaults to what the code did before it existed.
+    defaults = {
+        name: info.get_default(call_default_factory=True) for name, info in CleanseParams.model_fields.items()
+    }
+    settings = renamed(results["settings"])
+    if isinstance(settings.get("params"), dict):
+        settings["params"] = {name: {**defaults, **p} for name, p in settings["params"].items()}
     return {
         **results,
-        "settings": renamed(results["settings"]),
+        "settings": settings,
         "attacks": {attack: renamed(row) for attack, row in results["attacks"].items()},
     }
 

@@ -240,8 +240,14 @@ def test_merge_keeps_each_parts_clean_model_when_they_differ(tmp_path: Path) -> 
     # Parts that share one clean model merge as before: no per-row copy.
     (parts[1] / "defense.json").write_text(json.dumps({**earlier, "attacks": rows_of(rows[2:])}))
     (parts[0] / "defense.json").write_text(json.dumps({**earlier, "attacks": rows_of(rows[:2])}))
+    # A part written before a CleanseParams field existed merges with one that has it at its default.
+    older = json.loads((parts[0] / "defense.json").read_text())
+    for params in older["settings"]["params"].values():
+        params.pop("student_fst_hinge")
+    (parts[0] / "defense.json").write_text(json.dumps(older))
     assert main(["merge", *map(str, parts), "--out", str(tmp_path / "same")]) == 0
     markdown, merged = _read(tmp_path / "same")
+    assert merged["settings"]["params"]["argd"]["student_fst_hinge"] is False
     assert not any("clean_model" in row for row in merged["attacks"].values())
     assert "Clean model (no backdoor): ACC 90.56 %." in markdown
 
