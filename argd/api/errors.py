@@ -55,7 +55,7 @@ _STATUS_CODES: dict[int, str] = {
 }
 
 
-DATABASE_RETRY_AFTER_S = 5
+RETRY_AFTER_S = 5  # a 503 while the database or the artifact store is down
 QUOTA_RETRY_AFTER_S = 30  # a 429 for active jobs: another job may have finished by then
 
 # The HTTP status of each kind of refusal of the job service.
@@ -218,7 +218,7 @@ async def _handle_refusal(request: Request, exc: Exception) -> JSONResponse:
 def _retry_later(request: Request, code: str, what: str) -> JSONResponse:
     """503 with Retry-After: a back end is down, and the same request may succeed shortly."""
     return problem_response(
-        request, 503, code, f"{what}; try again shortly", headers={"Retry-After": str(DATABASE_RETRY_AFTER_S)}
+        request, 503, code, f"{what}; try again shortly", headers={"Retry-After": str(RETRY_AFTER_S)}
     )
 
 

@@ -697,9 +697,7 @@ def _with_current_keys(results: dict[str, Any]) -> dict[str, Any]:
         return {_OLD_KEYS.get(key, key): value for key, value in mapping.items()}
 
     # A CleanseParams field added later defaults to what the code did before it existed.
-    defaults = {
-        name: info.get_default(call_default_factory=True) for name, info in CleanseParams.model_fields.items()
-    }
+    defaults = CleanseParams().model_dump(mode="json")
     settings = renamed(results["settings"])
     if isinstance(settings.get("params"), dict):
         settings["params"] = {name: {**defaults, **p} for name, p in settings["params"].items()}

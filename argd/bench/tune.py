@@ -49,9 +49,9 @@ GRID: dict[str, tuple[str, dict[str, Any]]] = {
     "lr-0.03-edge-x0.3": ("peak lr 0.03 (cosine), edge weight x0.3", {"lr": 0.03, "w_edge_scale": 0.3}),
     "lr-0.03-teacher-lr-0.03": ("student and teacher peak lr 0.03", {"lr": 0.03, "teacher_lr": 0.03}),
     # The recipe of the default (FST teacher, FST head on the student, logit distillation), one piece off.
-    "teacher-finetune": ("teacher fine-tuned with cross-entropy, not FST", {"teacher": "finetune"}),
-    "keep-head": ("student keeps the uploaded head (no FST head term)", {"student_head": "keep"}),
-    "no-logit": ("no logit distillation", {"w_logit": 0.0}),
+    "teacher-finetune": ABLATIONS["teacher-finetune"],
+    "keep-head": ABLATIONS["keep-head"],
+    "no-logit": ABLATIONS["no-logit"],
     "no-attention": ABLATIONS["no-attention"],
     "keep-head-no-logit": (
         "student keeps its head, no logit distillation (ARG terms alone on an FST teacher)",
