@@ -26,7 +26,8 @@ TEST_REDIS_DB ?= 15
 FASHION_MNIST_DIR ?= /usr/share/datasets/fashion-mnist
 # The browser of the console tests: Debian's chromium, driven by Playwright (never `playwright install`).
 CHROMIUM ?= /usr/bin/chromium
-PYTEST_ARGS ?=
+# The slowest tests are listed at the end of every run, so a suite that creeps towards its time budget shows why.
+PYTEST_ARGS ?= --durations=15
 
 .PHONY: help venv install demo test services fashion-mnist chromium wrk lint format serve docker-build clean
 
