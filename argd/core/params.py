@@ -121,6 +121,13 @@ class CleanseParams(BaseModel):
         "uploaded head's row, not towards its opposite",
     )
     sam_rho: float = Field(2.0, gt=0, le=100, description="Radius of adaptive SAM (FT-SAM: 2)")
+    student_sam_rho: float | None = Field(
+        None,
+        gt=0,
+        le=100,
+        description="SAM radius of the argd/nad student (with student_sam); null = sam_rho (the teacher's "
+        "and ft-sam's)",
+    )
     label_smoothing: float | None = Field(
         None, ge=0, lt=1, description="Cross-entropy label smoothing; null = 0.1 in SAM phases, else 0"
     )
@@ -261,7 +268,7 @@ class CleanseParams(BaseModel):
 
     def recipe(self, phase: str) -> Recipe:
         """The pieces phase "teacher" or "distill" (the student) is made of; see `Recipe`."""
-        alpha, hinge = self.fst_alpha, False
+        alpha, hinge, rho = self.fst_alpha, False, self.sam_rho
         if phase == "teacher":
             head: HeadMode = "fst" if self.teacher in ("fst", "fst-sam") else "keep"
             sam, distil = self.teacher in ("sam", "fst-sam"), False
@@ -275,6 +282,8 @@ class CleanseParams(BaseModel):
             head, sam, distil = self.student_head, self.student_sam, self.needs_teacher
             if self.student_fst_alpha is not None:
                 alpha = self.student_fst_alpha
+            if self.student_sam_rho is not None:
+                rho = self.student_sam_rho
             hinge = self.student_fst_hinge
         smoothing = self.label_smoothing
         if smoothing is None:
@@ -282,7 +291,7 @@ class CleanseParams(BaseModel):
         decay = self.weight_decay
         if decay is None:
             decay = 0.0 if head == "fst" else DEFAULT_WEIGHT_DECAY
-        return Recipe(head, alpha, self.sam_rho if sam else 0.0, smoothing, decay, distil, hinge)
+        return Recipe(head, alpha, rho if sam else 0.0, smoothing, decay, distil, hinge)
 
     def teacher_problem(self, uploaded: bool) -> str | None:
         """Why this job's teacher setting cannot run with (`uploaded`) or without an uploaded teacher model;

@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from pydantic import ValidationError
 from torch import nn
 
 from argd.core.architectures import ARCHITECTURES, build_model
@@ -146,6 +147,18 @@ def test_teacher_recipes_follow_the_teacher_field() -> None:
     student = CleanseParams(method="argd", student_head="fst", student_sam=True).recipe("distill")
     assert (student.head, student.sam_rho, student.distil) == ("fst", 2.0, True)
     assert CleanseParams(method="fst").recipe("distill").distil is False
+
+
+def test_the_student_sam_radius_applies_to_the_argd_and_nad_student_only() -> None:
+    params = CleanseParams(teacher="fst-sam", student_sam=True, sam_rho=2.0, student_sam_rho=0.5)
+    assert params.recipe("teacher").sam_rho == 2.0
+    assert params.recipe("distill").sam_rho == 0.5
+    assert CleanseParams(method="nad", student_sam=True, student_sam_rho=1.0).recipe("distill").sam_rho == 1.0
+    # ft-sam is the whole method, not a student: it keeps sam_rho; a student without SAM steps has none.
+    assert CleanseParams(method="ft-sam", student_sam_rho=0.5).recipe("distill").sam_rho == 2.0
+    assert CleanseParams(student_sam=False, student_sam_rho=0.5).recipe("distill").sam_rho == 0.0
+    with pytest.raises(ValidationError):
+        CleanseParams(student_sam_rho=0.0)
 
 
 def test_the_student_fst_weight_applies_to_the_argd_and_nad_student_only() -> None:
