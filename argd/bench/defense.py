@@ -181,11 +181,11 @@ def _parse_override(text: str) -> tuple[str, Any]:
 
 
 def _attack_settings(texts: list[str]) -> dict[str, dict[str, Any]]:
-    """The benchmark's attack settings with `ATTACK.KEY=VALUE` overrides applied."""
+    """The benchmark's attack settings with `ATTACK.KEY=VALUE` (or `ROW.KEY=VALUE`) overrides applied."""
     settings = copy.deepcopy(ATTACK_SETTINGS)
     for text in texts:
         key, value = _parse_override(text)
-        attack, dot, name = key.partition(".")
+        attack, dot, name = key.rpartition(".")  # a row's own rate holds a dot: badnets@0.01.size
         if not dot or not attack or not name:
             raise InvalidInput(f"--attack-set expects ATTACK.KEY=VALUE (e.g. sig.delta=30), got {text!r}")
         settings.setdefault(attack.lower(), {})[name] = value
@@ -203,9 +203,11 @@ def attack_rate(config: DefenseConfig, row: str) -> float:
 
 
 def attack_kwargs(config: DefenseConfig, row: str) -> dict[str, Any]:
-    """The settings `make_attack` takes for the attack of `row` (its rate is passed separately)."""
+    """The settings `make_attack` takes for the attack of `row` (its rate is passed separately): the
+    attack's, with the row's own (settings keyed by the row, e.g. "badnets@0.01") on top."""
     attack, _ = split_row(row)
-    return {k: v for k, v in config.attack_settings.get(attack, {}).items() if k != "rate"}
+    merged = {**config.attack_settings.get(attack, {}), **config.attack_settings.get(row, {})}
+    return {k: v for k, v in merged.items() if k != "rate"}
 
 
 def config_from_args(args: argparse.Namespace) -> DefenseConfig:
@@ -272,7 +274,7 @@ def validate(config: DefenseConfig) -> None:
             f"unknown attack(s) {', '.join(unknown)}; known: {', '.join(ATTACKS)} (a row may add its own "
             "poisoning rate, e.g. badnets@0.01)"
         )
-    unknown = [a for a in config.attack_settings if a not in ATTACKS]
+    unknown = [a for a in config.attack_settings if split_row(a)[0] not in ATTACKS]
     if unknown:
         raise InvalidInput(f"--attack-set names unknown attack(s) {', '.join(unknown)}")
     for row in config.attacks:  # build each attack once, so a bad setting fails before any training

@@ -17,7 +17,16 @@ import torch
 from argd.bench.attacks import QUICK_ATTACKS
 from argd.bench.backdoor import ATTACK_SETTINGS
 from argd.bench.cli import DEFAULT_DATA_ROOT, main
-from argd.bench.defense import ABLATIONS, DefenseConfig, clean_subset, defense_params, teacher_key
+from argd.bench.defense import (
+    ABLATIONS,
+    DefenseConfig,
+    _attack_settings,
+    attack_kwargs,
+    attack_rate,
+    clean_subset,
+    defense_params,
+    teacher_key,
+)
 from argd.core.data import ImageData, save_npz
 from argd.core.params import CleanseParams
 
@@ -262,6 +271,8 @@ BAD_ARGUMENTS = [
     (["--attack-set", "nosuch.x=1"], "nosuch"),
     (["--attack-set", "sig.colour=1"], "colour"),
     (["--attack-set", "cl.rate=1.5"], "rate"),
+    (["--attack-set", "nosuch@0.01.size=5"], "nosuch"),
+    (["--attacks", "badnets@0.01", "--attack-set", "badnets@0.01.colour=1"], "colour"),
     (["--attacks", "badnets@1.5"], "poisoning rate must be in (0, 1]"),
     (["--attacks", "badnets@many"], "must be a number"),
     (["--seed-defenses", "argd,magic"], "magic"),
@@ -277,6 +288,18 @@ def test_bad_input_is_refused_with_a_clear_message(
     assert main(["defense", "--test-npz", str(tmp_path / "t.npz")]) == 2
     assert "--train-npz" in capsys.readouterr().err
     assert not (tmp_path / "defense.json").exists()
+
+
+def test_a_row_setting_goes_on_top_of_its_attacks_and_only_for_that_row() -> None:
+    config = DefenseConfig()
+    assert attack_kwargs(config, "badnets@0.01") == {"size": 6}
+    assert attack_kwargs(config, "badnets") == {}
+    config.attack_settings = _attack_settings(["badnets.margin=2", "badnets@0.01.size=5", "cl@0.05.eps=0.1"])
+    assert attack_kwargs(config, "badnets@0.01") == {"margin": 2, "size": 5}
+    assert attack_kwargs(config, "badnets") == {"margin": 2}
+    assert attack_kwargs(config, "cl@0.05")["eps"] == 0.1 and attack_kwargs(config, "cl")["eps"] == 32 / 255
+    # The '@' rate is the row's rate; the attack's own rate setting does not override it.
+    assert attack_rate(config, "cl@0.05") == 0.05 and attack_rate(config, "cl") == 0.08
 
 
 def test_clean_subset_avoids_poisoned_images() -> None:
