@@ -180,7 +180,7 @@ def _parse_override(text: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
-def _attack_settings(texts: list[str]) -> dict[str, dict[str, Any]]:
+def parse_attack_settings(texts: list[str]) -> dict[str, dict[str, Any]]:
     """The benchmark's attack settings with `ATTACK.KEY=VALUE` (or `ROW.KEY=VALUE`) overrides applied."""
     settings = copy.deepcopy(ATTACK_SETTINGS)
     for text in texts:
@@ -240,7 +240,7 @@ def config_from_args(args: argparse.Namespace) -> DefenseConfig:
         target=args.target,
         poison_rate=args.poison_rate,
         clean_label_rate=args.clean_label_rate,
-        attack_settings=_attack_settings(args.attack_overrides),
+        attack_settings=parse_attack_settings(args.attack_overrides),
         clean_fraction=args.clean_fraction,
         clean_size=args.clean_size or (400 if quick else None),
         seed=args.seed,

@@ -58,7 +58,11 @@ GRID: dict[str, tuple[str, dict[str, Any]]] = {
         {"student_head": "keep", "w_logit": 0.0},
     ),
     "logit-x2": ("logit distillation weight 2", {"w_logit": 2.0}),
-    "student-sam": ("the student tuned with adaptive SAM steps", {"student_sam": True}),
+    "student-sam": (
+        "the student tuned with adaptive SAM steps, rho 2",
+        {"student_sam": True, "student_sam_rho": 2.0},
+    ),
+    "no-student-sam": ("the student tuned with plain SGD steps", {"student_sam": False}),
     "fst-alpha-0.1": ("FST head weight 0.1 (teacher and student)", {"fst_alpha": 0.1}),
     "student-alpha-0.05": ("student FST head weight 0.05 (teacher 0.2)", {"student_fst_alpha": 0.05}),
     "student-alpha-0.02": ("student FST head weight 0.02 (teacher 0.2)", {"student_fst_alpha": 0.02}),
@@ -88,11 +92,11 @@ GRID: dict[str, tuple[str, dict[str, Any]]] = {
     ),
     "student-sam-rho-0.5": (
         "the student tuned with adaptive SAM steps, rho 0.5",
-        {"student_sam": True, "sam_rho": 0.5},
+        {"student_sam": True, "student_sam_rho": 0.5},
     ),
     "student-sam-rho-1": (
         "the student tuned with adaptive SAM steps, rho 1",
-        {"student_sam": True, "sam_rho": 1.0},
+        {"student_sam": True, "student_sam_rho": 1.0},
     ),
 }
 

@@ -20,13 +20,14 @@ from argd.bench.cli import DEFAULT_DATA_ROOT, main
 from argd.bench.defense import (
     ABLATIONS,
     DefenseConfig,
-    _attack_settings,
     attack_kwargs,
     attack_rate,
     clean_subset,
     defense_params,
+    parse_attack_settings,
     teacher_key,
 )
+from argd.bench.tune import GRID
 from argd.core.data import ImageData, save_npz
 from argd.core.params import CleanseParams
 
@@ -294,12 +295,28 @@ def test_a_row_setting_goes_on_top_of_its_attacks_and_only_for_that_row() -> Non
     config = DefenseConfig()
     assert attack_kwargs(config, "badnets@0.01") == {"size": 6}
     assert attack_kwargs(config, "badnets") == {}
-    config.attack_settings = _attack_settings(["badnets.margin=2", "badnets@0.01.size=5", "cl@0.05.eps=0.1"])
+    overrides = ["badnets.margin=2", "badnets@0.01.size=5", "cl@0.05.eps=0.1"]
+    config.attack_settings = parse_attack_settings(overrides)
     assert attack_kwargs(config, "badnets@0.01") == {"margin": 2, "size": 5}
     assert attack_kwargs(config, "badnets") == {"margin": 2}
     assert attack_kwargs(config, "cl@0.05")["eps"] == 0.1 and attack_kwargs(config, "cl")["eps"] == 32 / 255
     # The '@' rate is the row's rate; the attack's own rate setting does not override it.
     assert attack_rate(config, "cl@0.05") == 0.05 and attack_rate(config, "cl") == 0.08
+
+
+def test_every_tune_grid_entry_is_valid_and_sets_what_it_says() -> None:
+    for name, (description, overrides) in GRID.items():
+        assert description, name
+        params = defense_params(DefenseConfig(overrides=overrides), "argd", levels=3)
+        for key, value in overrides.items():
+            if not key.endswith("_scale") and key != "beta_uniform":
+                assert getattr(params, key) == value, (name, key)
+    # The student-SAM entries set the student's own radius, so they mean the same under any default of
+    # sam_rho or student_sam_rho, and leave FT-SAM at its published rho 2.
+    for name in ("student-sam", "student-sam-rho-0.5", "student-sam-rho-1"):
+        overrides = GRID[name][1]
+        assert "sam_rho" not in overrides and overrides["student_sam"] is True, name
+        assert defense_params(DefenseConfig(overrides=overrides), "ft-sam").recipe("distill").sam_rho == 2.0
 
 
 def test_clean_subset_avoids_poisoned_images() -> None:
