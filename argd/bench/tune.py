@@ -62,7 +62,7 @@ GRID: dict[str, tuple[str, dict[str, Any]]] = {
         "the student tuned with adaptive SAM steps, rho 2",
         {"student_sam": True, "student_sam_rho": 2.0},
     ),
-    "no-student-sam": ("the student tuned with plain SGD steps", {"student_sam": False}),
+    "no-student-sam": ABLATIONS["no-student-sam"],
     "fst-alpha-0.1": ("FST head weight 0.1 (teacher and student)", {"fst_alpha": 0.1}),
     "student-alpha-0.05": ("student FST head weight 0.05 (teacher 0.2)", {"student_fst_alpha": 0.05}),
     "student-alpha-0.02": ("student FST head weight 0.02 (teacher 0.2)", {"student_fst_alpha": 0.02}),

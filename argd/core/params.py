@@ -105,7 +105,11 @@ class CleanseParams(BaseModel):
         description="keep: tune the student's classifier head from the uploaded one; fst: re-initialise it "
         "and push it away from the uploaded one (feature-shift tuning)",
     )
-    student_sam: bool = Field(False, description="Tune the argd/nad student with adaptive SAM (2x passes)")
+    student_sam: bool = Field(
+        True,
+        description="Tune the argd/nad student with adaptive SAM steps (2x passes): a flatter student keeps "
+        "global triggers out",
+    )
     fst_alpha: float = Field(
         0.2, ge=0, le=100, description="Weight of FST's head term alpha * <W, W0> (W0: the uploaded head)"
     )
@@ -122,7 +126,7 @@ class CleanseParams(BaseModel):
     )
     sam_rho: float = Field(2.0, gt=0, le=100, description="Radius of adaptive SAM (FT-SAM: 2)")
     student_sam_rho: float | None = Field(
-        None,
+        0.5,
         gt=0,
         le=100,
         description="SAM radius of the argd/nad student (with student_sam); null = sam_rho (the teacher's "
@@ -229,6 +233,7 @@ class CleanseParams(BaseModel):
                 "weight_decay": 1e-4,
                 "teacher": "finetune",
                 "student_head": "keep",
+                "student_sam": False,
                 "w_logit": 0.0,
                 "teacher_epochs": 10,
                 "teacher_lr": 0.01,

@@ -87,6 +87,7 @@ def test_defense_end_to_end_on_fashion_mnist(tmp_path: Path, capsys: pytest.Capt
     # The baselines at their published settings: NAD from a plainly fine-tuned teacher, FST without weight
     # decay, FT-SAM with its radius and label smoothing.
     assert row["defenses"]["nad"]["params"]["teacher"] == "finetune"
+    assert row["defenses"]["nad"]["params"]["student_sam"] is False
     assert row["defenses"]["fst"]["params"]["method"] == "fst"
     assert row["defenses"]["ft-sam"]["params"]["sam_rho"] == 2.0
     # ARGD's term magnitudes are recorded beside the cross-entropy.

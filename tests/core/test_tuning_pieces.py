@@ -144,8 +144,10 @@ def test_teacher_recipes_follow_the_teacher_field() -> None:
     assert (both.head, both.sam_rho, both.label_smoothing, both.weight_decay) == ("fst", 0.5, 0.1, 0.0)
     plain = CleanseParams(teacher="finetune").recipe("teacher")
     assert (plain.head, plain.sam_rho, plain.weight_decay) == ("keep", 0.0, 5e-4)
-    student = CleanseParams(method="argd", student_head="fst", student_sam=True).recipe("distill")
-    assert (student.head, student.sam_rho, student.distil) == ("fst", 2.0, True)
+    student = CleanseParams(method="argd").recipe("distill")
+    assert (student.head, student.sam_rho, student.distil) == ("fst", 0.5, True)
+    assert CleanseParams(student_sam_rho=None).recipe("distill").sam_rho == 2.0
+    assert CleanseParams(student_sam=False).recipe("distill").sam_rho == 0.0
     assert CleanseParams(method="fst").recipe("distill").distil is False
 
 
