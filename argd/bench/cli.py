@@ -96,7 +96,8 @@ def _add_defense_options(d: argparse.ArgumentParser) -> None:
     d.add_argument(
         "--defenses",
         type=csv_list,
-        help="defenses to run (default: finetune,nad,fst,ft-sam,argd; the reference column is --reference)",
+        help="defenses to run (default: finetune,nad,fst,ft-sam,argd; --quick: fst,argd; the reference "
+        "column is --reference)",
     )
     d.add_argument(
         "--seeds",

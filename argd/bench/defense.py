@@ -85,6 +85,8 @@ ABLATIONS: dict[str, tuple[str, dict[str, Any]]] = {
     "no-student-sam": ("the student tuned with plain SGD steps (no SAM)", {"student_sam": False}),
 }
 DEFENSES = ("finetune", "nad", "fst", "ft-sam", "argd")
+#: The --quick smoke run's defenses: ARGD and the strongest baseline (every defense runs in the full one).
+QUICK_DEFENSES = ("fst", "argd")
 #: The baselines' published settings where they differ from the shared defaults: NAD distils from a
 #: teacher fine-tuned for 5 epochs into a student that keeps its head and takes plain SGD steps (Li et al.,
 #: ICLR 2021).
@@ -247,7 +249,7 @@ def config_from_args(args: argparse.Namespace) -> DefenseConfig:
         clean_size=args.clean_size or (400 if quick else None),
         seed=args.seed,
         backdoor=backdoor,
-        defenses=list(args.defenses or DEFENSES),
+        defenses=list(args.defenses or (QUICK_DEFENSES if quick else DEFENSES)),
         preset=args.preset,
         overrides=dict(_parse_override(t) for t in args.overrides),
         epochs=args.epochs or (2 if quick else None),

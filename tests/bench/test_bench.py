@@ -132,14 +132,14 @@ def test_defense_end_to_end_on_fashion_mnist(tmp_path: Path, capsys: pytest.Capt
 
 @pytest.mark.skipif(not HAVE_FMNIST, reason="Fashion-MNIST (dataset-fashion-mnist) not installed")
 def test_defense_quick_is_the_smoke_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """`argd bench defense --quick` as documented: its attacks, all five defenses, a real backdoor."""
+    """`argd bench defense --quick` as documented: its attacks, ARGD and FST, a real backdoor."""
     out = tmp_path / "quick"
     assert main(["defense", "--quick", "--out", str(out), "--cache-dir", str(tmp_path / "cache")]) == 0
     markdown, results = _read(out)
     assert tuple(results["attacks"]) == QUICK_ATTACKS
     assert results["settings"]["quick"] is True and results["settings"]["train_images"] == 4000
     for attack, row in results["attacks"].items():
-        assert set(row["defenses"]) == {"finetune", "nad", "fst", "ft-sam", "argd"}, attack
+        assert set(row["defenses"]) == {"fst", "argd"}, attack
         assert f"| {attack} |" in markdown
     # Five epochs on 4,000 images implant real backdoors: Blend fully, BadNets well above chance
     # (BadNets' ASR after so short a training varies between machines: 43 % here on 2026-12-01).
