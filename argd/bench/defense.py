@@ -281,6 +281,11 @@ def validate(config: DefenseConfig) -> None:
     unknown = [a for a in config.attack_settings if split_row(a)[0] not in ATTACKS]
     if unknown:
         raise InvalidInput(f"--attack-set names unknown attack(s) {', '.join(unknown)}")
+    own_rate = [a for a, values in config.attack_settings.items() if split_row(a)[1] and "rate" in values]
+    if own_rate:
+        raise InvalidInput(
+            f"--attack-set {own_rate[0]}.rate: a row's poisoning rate is the number after its '@'"
+        )
     for row in config.attacks:  # build each attack once, so a bad setting fails before any training
         try:
             make_attack(split_row(row)[0], rate=attack_rate(config, row), **attack_kwargs(config, row))

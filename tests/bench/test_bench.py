@@ -274,6 +274,7 @@ BAD_ARGUMENTS = [
     (["--attack-set", "sig.colour=1"], "colour"),
     (["--attack-set", "cl.rate=1.5"], "rate"),
     (["--attack-set", "nosuch@0.01.size=5"], "nosuch"),
+    (["--attack-set", "badnets@0.01.rate=0.05"], "number after its '@'"),
     (["--attacks", "badnets@0.01", "--attack-set", "badnets@0.01.colour=1"], "colour"),
     (["--attacks", "badnets@1.5"], "poisoning rate must be in (0, 1]"),
     (["--attacks", "badnets@many"], "must be a number"),
